@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite (optimised and ASan+UBSan builds, compile-fail checks,
+# package-consumer checks; CUDA sources are compiled when nvcc is present). Installs what it
+# needs from Debian's packages when it is missing. The last line is ctest's own summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have_catch2() {
+  for d in /usr/lib/cmake/Catch2 /usr/local/lib/cmake/Catch2 /usr/lib/x86_64-linux-gnu/cmake/Catch2 \
+           /usr/share/cmake/Catch2 /usr/local/share/cmake/Catch2 /usr/lib/aarch64-linux-gnu/cmake/Catch2; do
+    [ -f "$d/Catch2Config.cmake" ] && return 0
+  done
+  return 1
+}
+have_catch2 || need+=(catch2)
+command -v cmake >/dev/null || need+=(cmake)
+command -v g++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+jobs=$(nproc)
+cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DMLKV_BUILD_BENCH=ON
+cmake --build build/test -j"$jobs"
+cd build/test
+ctest -j"$jobs" --output-on-failure

@@ -1,0 +1,16 @@
+# The demo: its default CSV equals the paper's measured cache sizes (tests/data/paper_csv.txt),
+# and bad arguments get a usage message and exit code 2.
+execute_process(COMMAND ${DEMO} --csv RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "mlkv-memory --csv failed (${rc}): ${err}")
+endif()
+file(READ ${EXPECTED} want)
+if(NOT out STREQUAL want)
+  message(FATAL_ERROR "mlkv-memory --csv printed\n${out}\nbut the paper's numbers are\n${want}")
+endif()
+foreach(bad IN ITEMS "--batch;0" "--tokens;x" "--dtype;fp8" "--frobnicate" "--batch")
+  execute_process(COMMAND ${DEMO} ${bad} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 2 OR NOT err MATCHES "usage: mlkv-memory")
+    message(FATAL_ERROR "mlkv-memory ${bad}: exit ${rc}, stderr '${err}' (want exit 2 and a usage message)")
+  endif()
+endforeach()

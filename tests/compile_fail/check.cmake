@@ -1,0 +1,18 @@
+# A compile-fail test: SRC must compile with -DMLKV_CONTROL (the control: the same program with a
+# valid geometry) and must fail without it, with a diagnostic matching its `// expect: <regex>`.
+file(STRINGS ${SRC} expect_lines REGEX "^// expect: ")
+list(GET expect_lines 0 expect)
+string(REGEX REPLACE "^// expect: " "" expect "${expect}")
+set(flags -std=c++20 -fsyntax-only -I${INC})
+execute_process(COMMAND ${CXX} ${flags} -DMLKV_CONTROL ${SRC} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the control program of ${SRC} does not compile:\n${out}")
+endif()
+execute_process(COMMAND ${CXX} ${flags} ${SRC} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(rc EQUAL 0)
+  message(FATAL_ERROR "${SRC} compiled, but its geometry is invalid and must not")
+endif()
+if(NOT out MATCHES "${expect}")
+  message(FATAL_ERROR "${SRC} failed to compile, but the diagnostic does not say `${expect}`:\n${out}")
+endif()
+message(STATUS "rejected as expected: ${expect}")

@@ -1,0 +1,9 @@
+// expect: mlkv: head dim \(60\) must be a multiple of 8
+// Compile-fail test (see check.cmake): the geometry below is invalid; with MLKV_CONTROL it is valid.
+#include <mlkv/shape.hpp>
+#ifdef MLKV_CONTROL
+inline constexpr auto g = mlkv::checked<mlkv::model_shape{.layers = 12, .q_heads = 12, .kv_heads = 1, .kv_layers = 2, .head_dim = 64}>;
+#else
+inline constexpr auto g = mlkv::checked<mlkv::model_shape{.layers = 12, .q_heads = 12, .kv_heads = 1, .kv_layers = 2, .head_dim = 60}>;
+#endif
+int main() { return g.layers; }
