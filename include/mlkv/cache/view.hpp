@@ -11,7 +11,7 @@
 ///                                         // contiguously (stride head_dim), same for V
 ///     int max_tokens(int seq) const;      // tokens the sequence can address
 /// so one kernel body serves the contiguous cache (one run per sequence) and the paged cache
-/// (one run per page). Kernels walk a sequence as: for (t = 0; t < n; t += r) { r = min(n - t,
+/// (one run per page: `paged_slot_view`). Kernels walk a sequence as: for (t = 0; t < n; t += r) { r = min(n - t,
 /// view.run(seq, t)); rows k_row(seq, h, t) .. + r * head_dim }.
 
 #include <cstddef>
@@ -42,6 +42,38 @@ struct contiguous_slot_view {
   MLKV_HOST_DEVICE const T* v_row(int seq, int head, int token) const { return v + offset(seq, head, token); }
   MLKV_HOST_DEVICE int run(int /*seq*/, int token) const { return capacity - token; }
   MLKV_HOST_DEVICE int max_tokens(int /*seq*/) const { return capacity; }
+};
+
+/// One owner slot of a paged cache over a batch. A page holds K and V of `page_tokens` tokens for
+/// every owner slot and KV head: [slot][K|V][kv_head][page_tokens][head_dim], so one page
+/// allocation serves all layers; `block_table` maps a sequence's j-th block of tokens to a page.
+template <class T>
+struct paged_slot_view {
+  using value_type = T;
+  const T* pages = nullptr;                 ///< page p starts at pages + p * page_stride
+  const std::int32_t* block_table = nullptr;  ///< [batch, max_blocks]: page of block j of sequence b
+  const std::int32_t* seq_blocks = nullptr;   ///< [batch]: blocks mapped for each sequence
+  int batch = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int page_tokens = 0;
+  int max_blocks = 0;
+  std::size_t page_stride = 0;  ///< values per page: 2 * slots * kv_heads * page_tokens * head_dim
+  std::size_t k_offset = 0;     ///< this slot's K inside a page: 2 * slot * kv_heads * page_tokens * head_dim
+  std::size_t v_offset = 0;     ///< this slot's V inside a page: k_offset + kv_heads * page_tokens * head_dim
+
+  MLKV_HOST_DEVICE std::size_t offset(int seq, int head, int token) const {
+    const int page = block_table[static_cast<std::size_t>(seq) * static_cast<std::size_t>(max_blocks) +
+                                 static_cast<std::size_t>(token / page_tokens)];
+    return static_cast<std::size_t>(page) * page_stride +
+           (static_cast<std::size_t>(head) * static_cast<std::size_t>(page_tokens) +
+            static_cast<std::size_t>(token % page_tokens)) *
+               static_cast<std::size_t>(head_dim);
+  }
+  MLKV_HOST_DEVICE const T* k_row(int seq, int head, int token) const { return pages + k_offset + offset(seq, head, token); }
+  MLKV_HOST_DEVICE const T* v_row(int seq, int head, int token) const { return pages + v_offset + offset(seq, head, token); }
+  MLKV_HOST_DEVICE int run(int /*seq*/, int token) const { return page_tokens - token % page_tokens; }
+  MLKV_HOST_DEVICE int max_tokens(int seq) const { return seq_blocks[seq] * page_tokens; }
 };
 
 }  // namespace mlkv
