@@ -143,6 +143,7 @@ namespace detail {
 template <class T>
 void convert_elements(const std::byte* src, st_dtype from, std::size_t n, T* dst) {
   static_assert(is_storage_v<T>, "mlkv: tensors are read as float, mlkv::f16 or mlkv::bf16");
+  if (n == 0) return;  // empty tensors may come with null pointers
   if (from == st_dtype_of<T>) {  // same representation: one copy
     std::memcpy(static_cast<void*>(dst), src, n * sizeof(T));
     return;
