@@ -210,13 +210,31 @@ TEMPLATE_TEST_CASE("an exhausted pool names what was asked and what is free, and
           "mlkv: paged cache: reserve: sequence {index 2, generation 1} at length 5 needs 2 free pages (1 new, 1 "
           "copy-on-write) for 4 more tokens, but only 1 of 5 pages are free");
   const mlkv::seq_id step[3] = {a, b, c};
-  REQUIRE(what_of([&] { pool.reserve(step, 1); }) ==
-          "mlkv: paged cache: reserve: 3 sequences need 2 free pages (0 new, 2 copy-on-write) for 1 more tokens "
+  REQUIRE(what_of([&] { pool.reserve(step, 4); }) ==
+          "mlkv: paged cache: reserve: 3 sequences need 4 free pages (3 new, 1 copy-on-write) for 4 more tokens "
           "each, but only 1 of 5 pages are free");
   REQUIRE(snapshot<pool_t>(pool, ids) == before);
   check_reads(pool, a, ka, va);
   check_reads(pool, b, kb, vb);
   check_reads(pool, c, kb, vb);
+  {
+    // A one-token step fits: b and its fork c share their partly used page; b copies it, c keeps
+    // it (one copy, not two), and a writes into its own page.
+    pool_t twin(5);
+    const auto ta = twin.add(), tb = twin.add();
+    twin.reserve(ta, 6);
+    twin.commit(ta, 6);
+    twin.reserve(tb, 5);
+    twin.commit(tb, 5);
+    const auto tc = twin.fork(tb);
+    const auto shared_page = twin.block_table(tb)[1];
+    const mlkv::seq_id all[3] = {ta, tb, tc};
+    twin.reserve(all, 1);
+    REQUIRE(twin.free_pages() == 0);
+    REQUIRE(twin.block_table(tc)[1] == shared_page);
+    REQUIRE(twin.block_table(tb)[1] != shared_page);
+    REQUIRE(twin.page_refs(shared_page) == 1);
+  }
 
   // What does fit still works after the failures; then the pool is full.
   pool.append(0, a, 6, k.data(), v.data());

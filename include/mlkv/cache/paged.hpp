@@ -500,28 +500,21 @@ class paged_kv_cache {
                " needs them appended (or reserved) first");
   }
 
-  /// Pages `s` needs to write positions length..length+n-1: new blocks, and shared blocks in that
-  /// range that must be copied first.
-  struct need {
-    int grow = 0;  ///< blocks to map
-    int cow = 0;   ///< shared blocks to copy
+  /// A shared block that a reservation must copy before writing into it.
+  struct cow_block {
+    std::uint32_t seq;   ///< sequence slot
+    int block;           ///< block index in its table
+    std::int32_t page;   ///< the shared page
   };
-  need pages_needed(const sequence& s, int n) const {
-    need r;
-    if (n == 0) return r;
-    const int have = static_cast<int>(s.blocks.size());
-    const int want = blocks_for(s.length + n);
-    r.grow = std::max(0, want - have);
-    for (int j = s.length / PageTokens; j < std::min(have, want); ++j) {
-      r.cow += refs_[static_cast<std::size_t>(s.blocks[static_cast<std::size_t>(j)])] > 1 ? 1 : 0;
-    }
-    return r;
-  }
 
   void reserve(std::span<const seq_id> ids, int n, const char* op) {
-    // 1. Checks: handles, counts, duplicates, free pages. Nothing changes before all pass.
-    std::int64_t grow = 0, cow = 0;
-    bool any = false;
+    // 1. Plan and check: handles, counts, duplicates, the pages to map and to copy, free pages.
+    //    Nothing changes before all pass. A block needs a copy when it covers a position to be
+    //    written and another sequence still references its page; when several sequences of one
+    //    reservation share a page, the last of them to plan keeps it (no needless copy).
+    //    When nothing is needed, this path reads the bookkeeping only (see Concurrency).
+    std::int64_t grow = 0;
+    std::vector<cow_block> cows;  // allocates only when a copy is needed
     for (std::size_t i = 0; i < ids.size(); ++i) {
       const sequence& s = at(ids[i], op);
       MLKV_CHECK(n >= 0, "paged cache: ", op, ": cannot append a negative number of tokens (", n, ") to sequence ",
@@ -532,12 +525,19 @@ class paged_kv_cache {
         MLKV_CHECK(ids[j].index != ids[i].index, "paged cache: ", op, ": sequence ", describe(ids[i]),
                    " appears twice in one reservation");
       }
-      const need r = pages_needed(s, n);
-      grow += r.grow;
-      cow += r.cow;
-      any = any || r.grow > 0 || r.cow > 0;
+      if (n == 0) continue;
+      const int have = static_cast<int>(s.blocks.size());
+      const int want = blocks_for(s.length + n);
+      grow += std::max(0, want - have);
+      for (int j = s.length / PageTokens; j < std::min(have, want); ++j) {
+        const std::int32_t page = s.blocks[static_cast<std::size_t>(j)];
+        std::int32_t refs = refs_[static_cast<std::size_t>(page)];
+        for (const cow_block& c : cows) refs -= c.page == page ? 1 : 0;  // sharers that copy earlier
+        if (refs > 1) cows.push_back({ids[i].index, j, page});
+      }
     }
-    if (!any) {
+    const auto cow = static_cast<std::int64_t>(cows.size());
+    if (grow == 0 && cow == 0) {
       // Everything is mapped and private. Only the reservation mark may move, and only in the
       // sequence's own record (appends to distinct sequences may run concurrently).
       for (const seq_id id : ids) {
@@ -562,32 +562,21 @@ class paged_kv_cache {
       sequence& s = seqs_[id.index];
       s.blocks.reserve(static_cast<std::size_t>(blocks_for(s.length + n)));
     }
-    // 3. Copy-on-write: copy each shared page into a free page that is not yet taken. A copy
-    //    function that throws leaves every sequence as it was (only free pages were written).
-    std::size_t taken = 0;
-    for (const seq_id id : ids) {
-      const sequence& s = seqs_[id.index];
-      const int have = static_cast<int>(s.blocks.size());
-      const int want = blocks_for(s.length + n);
-      for (int j = s.length / PageTokens; j < std::min(have, want) && n > 0; ++j) {
-        const std::int32_t old = s.blocks[static_cast<std::size_t>(j)];
-        if (refs_[static_cast<std::size_t>(old)] <= 1) continue;
-        const std::int32_t fresh = free_[free_.size() - 1 - taken++];
-        copy_page(fresh, old);
-      }
+    // 3. Copy-on-write: copy k goes into the free page that the k-th pop below will hand out. A
+    //    copy function that throws leaves every sequence as it was (only free pages were written).
+    for (std::size_t k = 0; k < cows.size(); ++k) copy_page(free_[free_.size() - 1 - k], cows[k].page);
+    // 4. Apply, copies first (in the planned order, so each gets its copied page), then the new
+    //    blocks. Nothing below can throw.
+    for (const cow_block& c : cows) {
+      std::int32_t& page = seqs_[c.seq].blocks[static_cast<std::size_t>(c.block)];
+      --refs_[static_cast<std::size_t>(page)];  // still referenced by the other sharers
+      page = take_page();
     }
-    // 4. Apply: nothing below can throw.
     for (const seq_id id : ids) {
       sequence& s = seqs_[id.index];
       if (n == 0) continue;
       const int have = static_cast<int>(s.blocks.size());
       const int want = blocks_for(s.length + n);
-      for (int j = s.length / PageTokens; j < std::min(have, want); ++j) {
-        std::int32_t& page = s.blocks[static_cast<std::size_t>(j)];
-        if (refs_[static_cast<std::size_t>(page)] <= 1) continue;
-        --refs_[static_cast<std::size_t>(page)];  // still referenced by the other sharers
-        page = take_page();
-      }
       for (int j = have; j < want; ++j) s.blocks.push_back(take_page());
       table_entries_ += static_cast<std::size_t>(std::max(0, want - have));
       s.reserved = std::max(s.reserved, s.length + n);
