@@ -21,7 +21,7 @@ namespace {
 
 void usage(std::FILE* to) {
   std::fprintf(to,
-               "usage: mlkv-convert --kv-heads N --kv-layers N [--force] INPUT_DIR OUTPUT_DIR\n"
+               "usage: mlkv-convert --kv-heads N --kv-layers N [--force] [--torch-lanes 8|16] INPUT_DIR OUTPUT_DIR\n"
                "\n"
                "Converts an MHA GPT-NeoX checkpoint (config.json + model.safetensors) into a GQA/MQA/MLKV\n"
                "checkpoint as the MLKV paper's convert_to_mlkv.py does: K/V heads averaged within each\n"
@@ -31,6 +31,9 @@ void usage(std::FILE* to) {
                "  --kv-heads N   KV heads per owner layer (divides num_attention_heads; 1 = MQA)\n"
                "  --kv-layers N  owner layers that keep K/V (1..num_hidden_layers)\n"
                "  --force        replace a checkpoint already in OUTPUT_DIR\n"
+               "  --torch-lanes N  vector width (floats) of the PyTorch build whose summation order\n"
+               "                 to reproduce: 8 (AVX2 and default builds; the default) or 16 (AVX-512);\n"
+               "                 it changes the last bit of some head means for groups of 5+ heads\n"
                "  -h, --help     this text\n"
                "\n"
                "The paper's nine Pythia-160M configurations: MHA-144 (12,12) GQA-48 (4,12) MLKV-48 (12,4)\n"
@@ -56,14 +59,14 @@ int main(int argc, char** argv) {
     }
     if (a == "--force") {
       opt.overwrite = true;
-    } else if (a == "--kv-heads" || a == "--kv-layers") {
+    } else if (a == "--kv-heads" || a == "--kv-layers" || a == "--torch-lanes") {
       int v = 0;
       if (i + 1 >= argc || !parse_int(argv[i + 1], v)) {
         std::fprintf(stderr, "mlkv-convert: %s needs a positive integer\n", argv[i]);
         usage(stderr);
         return 2;
       }
-      (a == "--kv-heads" ? opt.kv_heads : opt.kv_layers) = v;
+      (a == "--kv-heads" ? opt.kv_heads : a == "--kv-layers" ? opt.kv_layers : opt.torch_lanes) = v;
       ++i;
     } else if (!a.empty() && a[0] == '-') {
       std::fprintf(stderr, "mlkv-convert: unknown option %s\n", argv[i]);
@@ -72,6 +75,11 @@ int main(int argc, char** argv) {
     } else {
       dirs.emplace_back(a);
     }
+  }
+  if (opt.torch_lanes != 8 && opt.torch_lanes != 16) {
+    std::fprintf(stderr, "mlkv-convert: --torch-lanes must be 8 or 16, not %d\n", opt.torch_lanes);
+    usage(stderr);
+    return 2;
   }
   if (dirs.size() != 2 || opt.kv_heads == 0 || opt.kv_layers == 0) {
     std::fprintf(stderr, "mlkv-convert: need --kv-heads, --kv-layers, INPUT_DIR and OUTPUT_DIR\n");

@@ -23,15 +23,20 @@
 ///  5. config.json gains num_key_value_heads and num_key_value_layers (appended, or replaced in
 ///     place) and the new intermediate_size; every other key and tensor passes through unchanged.
 ///
-/// Arithmetic, as PyTorch does it on the CPU: `torch.mean` is a sum (float accumulation for
+/// Arithmetic, as PyTorch does it on the CPU: `torch.mean` is a float sum (float accumulation for
 /// every input dtype; F16/BF16 inputs are widened first) followed by a float division by the
-/// count, then (F16/BF16) a round to nearest even. The sum runs left to right from 0, in
-/// PyTorch's cascade (chunks of 16 summed in levels) for more than 16 terms. That is exactly
-/// PyTorch's order for the two-term means of step 3 and for groups of up to 4 heads, whatever
-/// the machine; for larger groups it is the order of PyTorch's main vectorised path (columns in
-/// full blocks of 4 vectors), which PyTorch itself leaves for a scalar path on a few columns
-/// depending on its thread split, so there the script is not bit-reproducible across machines.
-///
+/// count, then (F16/BF16) a round to nearest even. The order of the sum is PyTorch's too
+/// (SumKernel.cpp): which order an output column gets depends on its position among the columns
+/// reduced together and on the vector width of the PyTorch build (`torch_lanes`: 8 for AVX2 and
+/// default builds, the default here; 16 for AVX-512 builds); see detail::torch_sum. All orders
+/// agree for the two-term means of step 3 and for groups of up to 4 heads. For groups of 5+ heads
+/// this reproduces PyTorch when it reduces a tensor in one piece (always below 32768 outputs,
+/// e.g. biases; larger tensors when it runs on one thread, or when its per-thread column ranges
+/// are multiples of 4 vectors, as for Pythia-160M's 64 x 768 heads on AVX2 builds). F16/BF16
+/// means follow PyTorch 2.x (widen, sum, divide, round once); PyTorch 1.13 rounded the sum to
+/// F16/BF16 before dividing, which differs in the last bit for groups whose size is not a power
+/// of two. Checked bit for bit against PyTorch 1.13 (Debian; AVX2 and AVX-512 kernels; groups of
+/// 2 to 32 heads) for F32 checkpoints, and for F16/BF16 ones where 1.13 and 2.x agree.
 /// Dtypes (the script's flow, written as such): an F32 checkpoint stays F32 throughout. For a
 /// BF16 (or F16) checkpoint, `query` and every untouched tensor stay BF16; K/V become F32 when
 /// step 2 runs (holding the BF16-rounded group means; step 3 then averages in F32), and stay
@@ -143,11 +148,11 @@ inline conversion_plan plan_conversion(const gpt_neox_config& in, int kv_heads, 
 
 namespace detail {
 
-/// PyTorch's CPU float sum of n terms, in its cascade order (utils::CeilLog2, 4 levels): runs of
-/// 2^level_power terms are summed left to right from 0, and the run sums are combined in levels.
-/// For n <= 16 this is a plain left-to-right sum from 0.
+/// PyTorch's `multi_row_sum` order for one column of n terms (utils::CeilLog2, 4 levels): runs
+/// of 2^level_power (at least 16) terms are summed left to right from 0 and the run sums are
+/// combined in levels. For n <= 16 it is a plain left-to-right sum from 0.
 template <class Get>
-float torch_sum(std::size_t n, Get get) {
+float torch_cascade_sum(std::size_t n, Get get) {
   constexpr int levels = 4;
   int ceil_log2 = 1;
   if (n > 2) {
@@ -169,7 +174,36 @@ float torch_sum(std::size_t n, Get get) {
   }
   for (; i < n; ++i) acc[0] += get(i);
   for (int j = 1; j < levels; ++j) acc[0] += acc[j];
-  return 0.f + acc[0];  // the output starts at 0 and accumulates the sum
+  return acc[0];
+}
+
+/// PyTorch's `row_sum` order for one column: four interleaved partial sums (terms i = 4m + k) in
+/// cascade order, the n % 4 last terms added to the first, then the partials added in order.
+template <class Get>
+float torch_row_sum(std::size_t n, Get get) {
+  const std::size_t m = n / 4;
+  float p[4];
+  for (std::size_t k = 0; k < 4; ++k) p[k] = torch_cascade_sum(m, [&](std::size_t i) { return get(4 * i + k); });
+  for (std::size_t i = 4 * m; i < n; ++i) p[0] += get(i);
+  for (std::size_t k = 1; k < 4; ++k) p[0] += p[k];
+  return p[0];
+}
+
+/// The float sum over n rows that PyTorch's CPU `sum` (SumKernel.cpp, cascade_sum) computes for
+/// output column `col` of `cols` contiguous columns reduced in one piece, with `lanes` floats per
+/// vector (8: AVX2 and default builds, 16: AVX-512 builds). Columns in full blocks of 4 vectors use
+/// the multi-row order, the rest (and every column when fewer than `lanes` are reduced, outside
+/// groups of 4) the interleaved row order; the output starts at 0 and accumulates the sum. The
+/// orders agree whenever n <= 4.
+template <class Get>
+float torch_sum(std::size_t n, std::size_t col, std::size_t cols, std::size_t lanes, Get get) {
+  bool multi = false;
+  if (cols >= lanes) {  // vectorized_outer_sum
+    multi = col < cols / (4 * lanes) * (4 * lanes);
+  } else {              // scalar_outer_sum: columns in groups of 4
+    multi = col < cols / 4 * 4;
+  }
+  return 0.f + (multi ? torch_cascade_sum(n, get) : torch_row_sum(n, get));
 }
 
 /// Rounds a float to what a tensor of dtype t holds.
@@ -215,8 +249,16 @@ struct converted_checkpoint {
   safetensors_writer tensors;
 };
 
+/// Vector width (floats) of the PyTorch build whose summation order the head means reproduce by
+/// default: 8, as AVX2 and default builds (see torch_sum; it matters for groups of 5+ heads).
+inline constexpr int default_torch_lanes = 8;
+
 /// Converts an MHA checkpoint (its parsed config and its safetensors file) in memory.
-inline converted_checkpoint convert(const gpt_neox_config& cfg, const safetensors_file& in, int kv_heads, int kv_layers) {
+/// `lanes`: the vector width of the PyTorch build to reproduce, 8 (AVX2, default) or 16 (AVX-512).
+inline converted_checkpoint convert(const gpt_neox_config& cfg, const safetensors_file& in, int kv_heads, int kv_layers,
+                                    int torch_lanes = default_torch_lanes) {
+  MLKV_CHECK(torch_lanes == 8 || torch_lanes == 16, "PyTorch vector width (", torch_lanes, ") must be 8 or 16 floats");
+  const std::size_t lanes = static_cast<std::size_t>(torch_lanes);
   using detail::work_tensor;
   converted_checkpoint out{plan_conversion(cfg, kv_heads, kv_layers), cfg.raw, in, {}};
   const conversion_plan& p = out.plan;
@@ -275,7 +317,8 @@ inline converted_checkpoint convert(const gpt_neox_config& cfg, const safetensor
     r.shape[0] = static_cast<std::int64_t>(kv_heads) * D;
     for (int j = 0; j < kv_heads; ++j) {
       for (std::size_t e = 0; e < per_head; ++e) {
-        const float s = detail::torch_sum(static_cast<std::size_t>(G), [&](std::size_t i) {
+        // torch.mean(x[j*G:(j+1)*G], dim=0): G rows reduced into per_head contiguous columns.
+        const float s = detail::torch_sum(static_cast<std::size_t>(G), e, per_head, lanes, [&](std::size_t i) {
           return t.v[(static_cast<std::size_t>(j) * static_cast<std::size_t>(G) + i) * per_head + e];
         });
         // torch.mean in t's dtype (rounded to it), then stored into the float32 zeros tensor.
@@ -297,7 +340,8 @@ inline converted_checkpoint convert(const gpt_neox_config& cfg, const safetensor
   auto fold = [&](const work_tensor& x, work_tensor& owner) {
     const st_dtype dt = detail::promote(x.dtype, owner.dtype);
     for (std::size_t e = 0; e < owner.v.size(); ++e) {
-      const float s = detail::torch_sum(2, [&](std::size_t i) { return i == 0 ? x.v[e] : owner.v[e]; });
+      // A sum of two terms: every PyTorch order gives (0 + x) + owner.
+      const float s = 0.f + detail::torch_cascade_sum(2, [&](std::size_t i) { return i == 0 ? x.v[e] : owner.v[e]; });
       owner.v[e] = detail::round_to(dt, s / 2.0f);
     }
     owner.dtype = dt;
@@ -380,6 +424,7 @@ struct convert_options {
   int kv_heads = 0;        ///< num_key_value_heads of the output
   int kv_layers = 0;       ///< num_key_value_layers of the output
   bool overwrite = false;  ///< replace an existing config.json / model.safetensors in the output
+  int torch_lanes = default_torch_lanes;  ///< PyTorch vector width whose sum order to reproduce (8 or 16)
 };
 
 /// Converts a checkpoint directory (config.json + model.safetensors) into `out_dir` (created when
@@ -400,7 +445,7 @@ inline conversion_plan convert_checkpoint(const std::filesystem::path& in_dir, c
   }
   const gpt_neox_config cfg = read_gpt_neox_config(in_dir / "config.json");
   const safetensors_file in = safetensors_file::open(st);
-  converted_checkpoint c = convert(cfg, in, opt.kv_heads, opt.kv_layers);
+  converted_checkpoint c = convert(cfg, in, opt.kv_heads, opt.kv_layers, opt.torch_lanes);
 
   if (fs::exists(out_dir)) {
     MLKV_CHECK(!fs::equivalent(in_dir, out_dir), "the output directory is the input directory (", in_dir.string(), ")");
