@@ -62,6 +62,9 @@ struct scenario_options {
   int decode_steps = 3;
   int second_chunk = 9;
   float rotary_pct = 0.25f;
+  /// The kernel reads the queries as bf16 (the CPU path that multiplies with the BF16 dot
+  /// product): the oracle on the stored values then rounds them too, like K and V.
+  bool bf16_queries = false;
 };
 
 /// The oracle's picture of the cache: per owner layer and sequence, K and V rows.
@@ -150,8 +153,11 @@ void run_attention_scenario(Attn&& attn, std::uint64_t seed, const scenario_opti
         const std::size_t first = static_cast<std::size_t>(offsets[static_cast<std::size_t>(b)]) * Hq * D;
         const std::size_t count = static_cast<std::size_t>(n) * Hq * D;
         std::vector<double> want_stored(count), want_exact(count);
-        const std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
-                                           q.begin() + static_cast<std::ptrdiff_t>(first + count));
+        std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
+                                     q.begin() + static_cast<std::ptrdiff_t>(first + count));
+        if (opt.bf16_queries) {
+          for (auto& x : q_stored) x = quantized<mlkv::bf16>(static_cast<float>(x));
+        }
         const int ctx = context[static_cast<std::size_t>(b)];
         oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
                           want_stored.data());

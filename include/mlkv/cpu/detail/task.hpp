@@ -1,0 +1,83 @@
+#pragma once
+/// \file cpu/detail/task.hpp
+/// What one parallel task of the CPU attention does, in terms every ISA path shares: the task
+/// and call descriptors, the per-thread scratch, and the walk over a slot view's runs.
+///
+/// A task is one KV head of one sequence, a set of query rows (consecutive, so consecutive
+/// positions) and a set of the query heads that read that KV head, over a range of cached
+/// tokens. Its "queries" are the rows x heads vectors; each K/V row of the range is loaded once
+/// and used for all of them (MLKV/GQA sharing turned into arithmetic intensity).
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "../../cache/buffer.hpp"
+#include "../../dtype.hpp"
+#include "../../shape.hpp"
+
+namespace mlkv::cpu::detail {
+
+/// Shared by every task of one call.
+struct call_desc {
+  const float* q = nullptr;  ///< [rows, q_heads, head_dim]
+  float* out = nullptr;      ///< [rows, q_heads, head_dim]
+  int q_heads = 0;
+  int group = 0;      ///< query heads per KV head
+  int head_dim = 0;
+  float qscale = 0;   ///< softmax scale * log2(e): scores are kept in base-2 units
+};
+
+/// One task (see the file comment).
+struct task_desc {
+  int seq = 0;     ///< sequence
+  int kvh = 0;     ///< KV head
+  int head0 = 0;   ///< first query head of the group handled (0..group-1)
+  int heads = 0;   ///< query heads handled
+  int row0 = 0;    ///< first query row (global row index into q/out)
+  int rows = 0;    ///< query rows
+  int pos0 = 0;    ///< position of the first row; row i sees tokens 0..pos0+i
+  int t0 = 0;      ///< first token of the range
+  int t1 = 0;      ///< one past the last token of the range
+  float* partial = nullptr;  ///< nullptr: write out; else [Q][D] unnormalised O, [Q] max, [Q] sum
+};
+
+/// Floats a partial result of `queries` queries takes.
+inline std::size_t partial_floats(int queries, int head_dim) {
+  return static_cast<std::size_t>(queries) * (static_cast<std::size_t>(head_dim) + 2);
+}
+
+/// A zero K/V row: the rows of a tile past the end of a range point here, so a tile is always
+/// full and nothing past the cache is read. Zero in every storage type.
+template <class T>
+alignas(64) inline constexpr T zero_row[max_head_dim] = {};
+
+/// Per-thread scratch of the kernels, 64-byte aligned, grown on demand and kept.
+inline float* thread_scratch(std::size_t floats) {
+  thread_local aligned_buffer<float> buf;
+  if (buf.size() < floats) buf = aligned_buffer<float>(floats + floats / 4);
+  return buf.data();
+}
+
+/// Fills `krows`/`vrows` with the rows of tokens t..t+n-1 of (seq, kvh), following the view's
+/// runs (one per sequence for the contiguous cache, one per page for the paged cache); entries
+/// n..tile-1 point at zero rows.
+template <class View, class T = typename View::value_type>
+inline void gather_rows(const View& kv, int seq, int kvh, int t, int n, int tile, const T** krows, const T** vrows) {
+  const std::size_t D = static_cast<std::size_t>(kv.head_dim);
+  int i = 0;
+  while (i < n) {
+    const int r = std::max(1, std::min(n - i, kv.run(seq, t + i)));  // a run is never empty
+    const T* kp = kv.k_row(seq, kvh, t + i);
+    const T* vp = kv.v_row(seq, kvh, t + i);
+    for (int j = 0; j < r; ++j) {
+      krows[i + j] = kp + static_cast<std::size_t>(j) * D;
+      vrows[i + j] = vp + static_cast<std::size_t>(j) * D;
+    }
+    i += r;
+  }
+  for (; i < tile; ++i) krows[i] = vrows[i] = zero_row<T>;
+}
+
+}  // namespace mlkv::cpu::detail

@@ -1,0 +1,187 @@
+#pragma once
+/// \file cpu/simd_avx512.hpp
+/// The AVX-512 paths of the CPU attention kernels (16 lanes), compiled with per-function target
+/// attributes whatever the target flags, so one binary can pick them at run time:
+///  - `avx512`: AVX-512 F/BW/VL/DQ + FMA; f32 arithmetic throughout (bf16/f16 rows are
+///    converted exactly to f32);
+///  - `avx512_bf16`: the same plus VDPBF16PS for q.K over bf16 storage: K stays bf16 and one
+///    instruction does two products per lane (twice the FMA rate on AMD Zen 4 and Intel
+///    Sapphire Rapids). The query is rounded to bf16 (relative 2^-9), P.V stays f32.
+/// Without GCC/Clang on x86-64 this header declares nothing.
+
+#include "isa.hpp"
+
+#if defined(MLKV_CPU_X86)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "../dtype.hpp"
+#include "detail/task.hpp"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2"))), \
+                             apply_to = function)
+#else
+#pragma GCC diagnostic push
+// GCC 12's AVX-512 intrinsics read _mm512_undefined_ps() (self-initialised), which
+// -W(maybe-)uninitialized reports once they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")
+#endif
+
+namespace mlkv::cpu::detail::avx512 {
+
+/// The AVX-512 SIMD policy of kernel_body.inc.
+struct ops {
+  using vf = __m512;
+  using vi = __m512i;
+  static constexpr int W = 16;   // lanes
+  static constexpr int TV = 2;   // 32-token tiles
+  static constexpr int QB = 12;  // 12 x 2 score accumulators + 2 K^T + 1 broadcast of 32 registers
+  static constexpr int PB = 6;   // 6 x 4 output accumulators + 4 V + 1 broadcast
+  static constexpr int DC = 4;
+  static constexpr bool bf16_dot = false;
+  static constexpr bool f16_pairs = true;  // VPMOVDW + VCVTPH2PS split the transposed f16 pairs
+
+  static vf zero() { return _mm512_setzero_ps(); }
+  static vf set1(float x) { return _mm512_set1_ps(x); }
+  static vf load(const float* p) { return _mm512_load_ps(p); }
+  static void store(float* p, vf x) { _mm512_store_ps(p, x); }
+  static vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
+  static vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+  static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+  static vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
+  static vf fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+  static float hmax(vf x) { return _mm512_reduce_max_ps(x); }
+  static vi bits(vf x) { return _mm512_castps_si512(x); }
+  static vf floats(vi x) { return _mm512_castsi512_ps(x); }
+  static vi load_bits(const float* p) { return _mm512_load_si512(p); }
+  static void store_bits(float* p, vi x) { _mm512_store_si512(p, x); }
+  static vi broadcast_bits(const float* p) {
+    std::int32_t u;
+    std::memcpy(&u, p, sizeof u);
+    return _mm512_set1_epi32(u);
+  }
+  static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used here: bf16_dot is false
+
+  static __mmask16 first(int n) {
+    return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
+  }
+  /// Lanes 0..n-1 of x, the rest from fill.
+  static vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
+
+  /// 2^x for x <= 0 (scores minus their running max); about 1 ulp. x = n + r, |r| <= 1/2,
+  /// 2^r by its Taylor polynomial of degree 6 (error < 1.3e-7), then VSCALEFPS multiplies by 2^n.
+  static vf exp2(vf x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
+    const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vf r = _mm512_sub_ps(x, n);
+    vf p = _mm512_set1_ps(1.5403530393381609e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+  }
+
+  /// n (1..16) values of storage type T as f32; lanes n.. are zero. Masked loads never touch
+  /// memory past the row.
+  template <class T>
+  static vf load_f32(const T* p, int n) {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm512_maskz_loadu_ps(first(n), p);
+    } else if constexpr (std::is_same_v<T, bf16>) {
+      const __m256i h = _mm256_maskz_loadu_epi16(first(n), p);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p));
+    }
+  }
+  /// n (1..16) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero.
+  template <class T>
+  static vi load_pairs(const T* p, int n) {
+    return _mm512_maskz_loadu_epi32(first(n), p);
+  }
+  /// bf16 pairs -> (even dims, odd dims) as f32: bf16 is the upper half of an f32.
+  static void split_bf16(vi x, vf& even, vf& odd) {
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  /// f16 pairs -> (even dims, odd dims) as f32 (exact).
+  static void split_f16(vi x, vf& even, vf& odd) {
+    even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(x));
+    odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(x, 16)));
+  }
+
+  /// In-place transpose of 16 x 16 32-bit elements: r[i][j] -> r[j][i] (64 shuffles).
+  static void transpose(vi (&r)[16]) {
+    vi t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+      u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // u[4i + k], 128-bit lane L: column 4L + k of rows 4i..4i+3.
+    for (int k = 0; k < 4; ++k) {
+      const vi a0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), a1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xdd);
+      const vi b0 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xdd);
+      r[k] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+      r[8 + k] = _mm512_shuffle_i32x4(a0, b0, 0xdd);
+      r[4 + k] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+      r[12 + k] = _mm512_shuffle_i32x4(a1, b1, 0xdd);
+    }
+  }
+};
+
+#include "detail/kernel_body.inc"
+
+}  // namespace mlkv::cpu::detail::avx512
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,avx512bf16"))), \
+                             apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,avx512bf16")
+#endif
+
+namespace mlkv::cpu::detail::avx512_bf16 {
+
+/// The AVX-512 policy plus VDPBF16PS for q.K over bf16 storage.
+struct ops : avx512::ops {
+  static constexpr bool bf16_dot = true;
+  /// acc + k[2i] * q[0] + k[2i+1] * q[1] per lane i (bf16 products, f32 sums).
+  static vf dot_bf16(vf acc, vi k, vi q) { return _mm512_dpbf16_ps(acc, (__m512bh)k, (__m512bh)q); }
+};
+
+#include "detail/kernel_body.inc"
+
+}  // namespace mlkv::cpu::detail::avx512_bf16
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
+#endif
+
+#endif  // MLKV_CPU_X86

@@ -1,0 +1,79 @@
+#pragma once
+/// \file cpu/simd_scalar.hpp
+/// The portable path of the CPU attention kernels: the same tiled algorithm as the SIMD paths
+/// (kernel_body.inc) with one-lane "vectors" of plain floats, for any CPU and compiler.
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "../dtype.hpp"
+#include "detail/task.hpp"
+
+namespace mlkv::cpu::detail::scalar {
+
+/// The one-lane SIMD policy of kernel_body.inc.
+struct ops {
+  using vf = float;
+  using vi = std::uint32_t;
+  static constexpr int W = 1;
+  static constexpr int TV = 16;  // 16-token tiles
+  static constexpr int QB = 4;
+  static constexpr int PB = 4;
+  static constexpr int DC = 8;
+  static constexpr bool bf16_dot = false;
+  static constexpr bool f16_pairs = false;
+
+  static vf zero() { return 0.f; }
+  static vf set1(float x) { return x; }
+  static vf load(const float* p) { return *p; }
+  static void store(float* p, vf x) { *p = x; }
+  static vf add(vf a, vf b) { return a + b; }
+  static vf sub(vf a, vf b) { return a - b; }
+  static vf mul(vf a, vf b) { return a * b; }
+  static vf max(vf a, vf b) { return std::max(a, b); }
+  static vf fma(vf a, vf b, vf c) { return std::fma(a, b, c); }
+  static float hmax(vf x) { return x; }
+  static vi bits(vf x) { return std::bit_cast<vi>(x); }
+  static vf floats(vi x) { return std::bit_cast<vf>(x); }
+  static vi load_bits(const float* p) {
+    vi u;
+    std::memcpy(&u, p, sizeof u);
+    return u;
+  }
+  static void store_bits(float* p, vi x) { std::memcpy(p, &x, sizeof x); }
+  static vi broadcast_bits(const float* p) { return load_bits(p); }
+  static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
+
+  static vf keep_first(vf x, int n, vf fill) { return n >= 1 ? x : fill; }
+  static vf exp2(vf x) { return std::exp2(x); }
+
+  template <class T>
+  static vf load_f32(const T* p, int) {
+    return to_float(*p);
+  }
+  template <class T>
+  static vi load_pairs(const T* p, int) {
+    vi u;
+    std::memcpy(&u, p, sizeof u);
+    return u;
+  }
+  static void split_bf16(vi x, vf& even, vf& odd) {
+    even = bf16_bits_to_float(static_cast<std::uint16_t>(x & 0xffffu));
+    odd = bf16_bits_to_float(static_cast<std::uint16_t>(x >> 16));
+  }
+  static void split_f16(vi x, vf& even, vf& odd) {
+    even = f16_bits_to_float(static_cast<std::uint16_t>(x & 0xffffu));
+    odd = f16_bits_to_float(static_cast<std::uint16_t>(x >> 16));
+  }
+  static void transpose(vi (&)[1]) {}
+};
+
+#include "detail/kernel_body.inc"
+
+}  // namespace mlkv::cpu::detail::scalar

@@ -1,0 +1,88 @@
+// Every test of the reference attention (tests/test_reference_attention.cpp), run on every CPU
+// path this machine supports, with the same harness, oracle and bounds, on fresh random inputs.
+#include <mlkv/cpu/attention.hpp>
+
+#include "cpu_test_util.hpp"
+
+using namespace mlkv_cpu_test;
+using mlkv::cpu::attention_options;
+
+TEMPLATE_TEST_CASE("every CPU path matches the oracle on the paper's configurations", "[cpu]", float, mlkv::f16,
+                   mlkv::bf16) {
+  for (isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    if (reduced()) {
+      // One paper configuration (MLKV-4: 12 query heads on one KV head, 4 owner layers).
+      mlkv_test::run_attention_scenario<mlkv::paper_configs[6].shape, TestType>(
+          kernel({.isa = i}), mlkv_test::fresh_seed(), options_for<TestType>(i));
+      continue;
+    }
+    mlkv_test::for_each_geometry<mlkv_test::paper_list>([&](auto g) {
+      mlkv_test::run_attention_scenario<decltype(g)::shape, TestType>(kernel({.isa = i}), mlkv_test::fresh_seed(),
+                                                                      options_for<TestType>(i));
+    });
+  }
+}
+
+TEMPLATE_TEST_CASE("every CPU path matches the oracle on awkward geometries", "[cpu]", float, mlkv::f16, mlkv::bf16) {
+  for (isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    auto one = [&](auto g) {
+      mlkv_test::run_attention_scenario<decltype(g)::shape, TestType>(kernel({.isa = i}), mlkv_test::fresh_seed(),
+                                                                      options_for<TestType>(i));
+    };
+    if (reduced()) {
+      mlkv_test::for_each_geometry<reduced_list>(one);
+    } else {
+      mlkv_test::for_each_geometry<mlkv_test::awkward_list>(one);
+    }
+  }
+}
+
+TEST_CASE("every CPU path over a longer context (multiples of nothing)", "[cpu]") {
+  mlkv_test::scenario_options opt;
+  opt.batch = 2;
+  opt.capacity = 700;
+  opt.first_chunk = {613, 1};
+  opt.decode_steps = 2;
+  opt.second_chunk = 29;
+  for (isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    mlkv_test::run_attention_scenario<mlkv_test::single_owner_d80, mlkv::bf16>(kernel({.isa = i}),
+                                                                               mlkv_test::fresh_seed(),
+                                                                               options_for<mlkv::bf16>(i, opt));
+  }
+}
+
+TEMPLATE_TEST_CASE("every CPU path: prefilling N tokens at once equals N decode steps", "[cpu]", float, mlkv::bf16) {
+  constexpr mlkv::model_shape S = mlkv_test::uneven_gqa;
+  constexpr int Hq = S.q_heads, Hkv = S.kv_heads, D = S.head_dim, N = 71;
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  const mlkv::rotary rope(mlkv::rope_config{D, 16, 10000.f});
+  mlkv::kv_cache<S, TestType> prefill(1, N), decode(1, N);
+  const auto k = r.vec(std::size_t{N} * Hkv * D), v = r.vec(std::size_t{N} * Hkv * D);
+  const auto q = r.vec(std::size_t{N} * Hq * D);
+  const float scale = mlkv::cpu::default_scale(D);
+  for (int s = 0; s < S.kv_layers; ++s) prefill.append(s, 0, N, k.data(), v.data(), &rope);
+  for (isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    const attention_options opt{.isa = i};
+    std::vector<float> out_prefill(q.size());
+    const std::int32_t ctx = N, offs[2] = {0, N};
+    mlkv::cpu::attention(prefill.layer_view(7), Hq, q.data(), out_prefill.data(), {1, &ctx, offs}, scale, opt);
+
+    std::vector<float> out_decode(q.size());
+    decode.clear();
+    for (int t = 0; t < N; ++t) {
+      for (int s = 0; s < S.kv_layers; ++s) {
+        decode.append(s, 0, 1, k.data() + static_cast<std::size_t>(t) * Hkv * D,
+                      v.data() + static_cast<std::size_t>(t) * Hkv * D, &rope);
+      }
+      const std::int32_t c = t + 1;
+      mlkv::cpu::decode(decode.layer_view(7), Hq, q.data() + static_cast<std::size_t>(t) * Hq * D,
+                        out_decode.data() + static_cast<std::size_t>(t) * Hq * D, 1, &c, scale, opt);
+      decode.commit(0, 1);
+    }
+    REQUIRE(mlkv_test::rel_err(out_prefill, out_decode) <= 1e-6);
+  }
+}
