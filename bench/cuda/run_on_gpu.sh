@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Everything the CUDA path needs on the GPU machine, in one call: configure and build the CUDA
+# tests and benchmark, run the tests, run them again under compute-sanitizer (memcheck and
+# racecheck), summarise the SASS (tensor-core and 16-byte load instructions), then benchmark
+# against PyTorch. Logs and results go to $OUT (default /tmp/mlkv_gpu_out); a short table is printed
+# last.
+#
+#   bash bench/cuda/run_on_gpu.sh                 # all of it
+#   MLKV_STEPS="build test bench" bash ...        # a subset: build test memcheck racecheck sass bench
+#   MLKV_BENCH_ARGS="--quick" bash ...            # extra arguments for bench.py
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mlkv_gpu_out}
+mkdir -p "$OUT"
+STEPS=${MLKV_STEPS:-"build test memcheck racecheck sass bench"}
+BUILD=${MLKV_BUILD_DIR:-build-gpu}
+status=0
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+step() { echo "== $1 ($(date +%T))"; }
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader \
+  | tee "$OUT/gpu.txt"
+
+# The build reads a snapshot of the tree without the other areas' tests and benchmarks (cpu, paged,
+# model): work in progress there must not stop this run. mtimes are kept, so rebuilds are incremental.
+SRC=${MLKV_SRC:-/tmp/mlkv_cuda_src}
+if has build; then
+  step build
+  rm -rf "$SRC" && mkdir -p "$SRC" &&
+    tar -cf - --exclude=./build --exclude='./build-*' --exclude=./.git --exclude=./tests/cpu --exclude=./tests/paged \
+      --exclude=./tests/model --exclude=./bench/cpu --exclude=./bench/paged --exclude=./bench/model . | tar -xf - -C "$SRC"
+  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON \
+    -DMLKV_BUILD_EXAMPLES=OFF >"$OUT/build.log" 2>&1 &&
+    cmake --build "$BUILD" --target test_cuda mlkv_cuda_bench -j"$(nproc)" >>"$OUT/build.log" 2>&1
+  rc=$?
+  tail -3 "$OUT/build.log"
+  if [ $rc -ne 0 ]; then
+    grep -E "error|Error" "$OUT/build.log" | head -30
+    echo "BUILD FAILED"
+    exit 1
+  fi
+fi
+TEST=./$BUILD/tests/cuda/test_cuda
+
+if has test; then
+  step test
+  MLKV_TEST_VERBOSE=1 $TEST --durations yes >"$OUT/test.log" 2>&1
+  rc=$?
+  grep -E "worst error|test cases|assertions|FAILED|passed" "$OUT/test.log" | tail -8
+  [ $rc -ne 0 ] && { echo "TESTS FAILED (rc $rc)"; grep -B5 -A25 "FAILED" "$OUT/test.log" | head -80; status=1; }
+fi
+
+if has memcheck; then
+  step memcheck
+  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 3 $TEST >"$OUT/memcheck.log" 2>&1
+  rc=$?
+  grep -E "ERROR SUMMARY|test cases" "$OUT/memcheck.log" | tail -3
+  [ $rc -ne 0 ] && { echo "MEMCHECK FAILED (rc $rc)"; head -60 "$OUT/memcheck.log"; status=1; }
+fi
+
+if has racecheck; then
+  step racecheck
+  compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 $TEST >"$OUT/racecheck.log" 2>&1
+  rc=$?
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases" "$OUT/racecheck.log" | tail -3
+  [ $rc -ne 0 ] && { echo "RACECHECK FAILED (rc $rc)"; head -60 "$OUT/racecheck.log"; status=1; }
+fi
+
+LIB=./$BUILD/bench/cuda/libmlkv_cuda_bench.so
+if has sass; then
+  step sass
+  cuobjdump -sass "$LIB" >"$OUT/sass.txt" 2>&1
+  python3 - "$OUT/sass.txt" <<'EOF' | tee "$OUT/sass_summary.txt"
+import re, sys
+cur, stats = None, {}
+for line in open(sys.argv[1]):
+    m = re.search(r"Function : (\S+)", line)
+    if m:
+        cur = m.group(1); stats[cur] = {}
+        continue
+    if cur is None:
+        continue
+    for op in ("HMMA", "HGMMA", "LDGSTS", "LDG.E.128", "LDSM", "STL", "LDL", "UTMALDG", "SYNCS"):
+        if re.search(r"\b" + re.escape(op), line):
+            stats[cur][op] = stats[cur].get(op, 0) + 1
+for f, s in stats.items():
+    short = re.sub(r"_ZN4mlkv4cuda6detail", "", f)[:70]
+    print("%-70s %s" % (short, " ".join("%s=%d" % kv for kv in sorted(s.items()))))
+EOF
+fi
+
+if has bench; then
+  step bench
+  PYTHONUNBUFFERED=1 python3 bench/cuda/bench.py --lib "$LIB" --out "$OUT/cuda_attention.json" \
+    --table "$OUT/cuda_table.md" ${MLKV_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && { echo "BENCH FAILED"; status=1; }
+fi
+step done
+exit $status

@@ -1,0 +1,527 @@
+#pragma once
+/// \file cuda/decode.cuh
+/// Decode attention on the GPU: one query row per sequence over its cached tokens, for a batch of
+/// sequences of their own lengths, over a contiguous or paged slot view.
+///
+/// Memory-bound design (the KV read is the whole cost):
+///  - every query head of a KV head is packed into one tile (Hq/Hkv rows, padded to 16 or 32), so
+///    K and V are read once for the whole group, on the tensor cores (mma.sync m16n8k16, f32
+///    accumulators); a group above 32 heads is cut into blocks of 32;
+///  - long contexts are split across CTAs ("flash-decoding": Dao et al. 2023) and merged by
+///    log-sum-exp in a second small kernel, started early with programmatic dependent launch;
+///    the split is chosen on the host from the batch, the group and the device, never from the
+///    device-side lengths;
+///  - K/V tiles stream through a 3-6 stage cp.async pipeline of 16-byte copies (L2 only), two
+///    CTAs per multiprocessor, so 100+ KB per SM are in flight.
+/// Inside a CTA, each of the 4 warps takes 16 tokens of every 64-token tile, keeps its own online
+/// softmax (Milakov & Gimelshein 2018) and the warps merge through shared memory at the end.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace mlkv::cuda {
+namespace detail {
+
+inline constexpr int decode_threads = 128;   // 4 warps
+inline constexpr int decode_tile = 64;       // tokens per pipeline stage, 16 per warp
+inline constexpr int decode_max_splits = 256;
+
+/// Pipeline depth per head dim: about 110 KB of shared memory, so that two CTAs fit an SM.
+template <int D>
+__host__ __device__ constexpr int decode_stages() {
+  return D <= 64 ? 6 : D <= 96 ? 4 : 3;
+}
+template <int D, int MT>
+__host__ __device__ constexpr std::size_t decode_smem_bytes() {
+  constexpr int LD = D + 8;  // padded rows: ldmatrix reads 8 rows without bank conflicts
+  return (static_cast<std::size_t>(16 * MT) * LD + 2u * decode_stages<D>() * decode_tile * LD) * 2u;
+}
+
+template <class T, class View>
+struct decode_params {
+  View kv;
+  const T* q;                   // [batch, q_heads, head_dim]
+  T* out;                       // [batch, q_heads, head_dim]
+  const std::int32_t* context;  // [batch]
+  int q_heads;
+  int group;        // query heads per KV head
+  int head_blocks;  // blocks of 16*MT heads per KV head
+  int chunk;        // tokens per split (multiple of decode_tile)
+  int max_splits;   // splits per (sequence, KV head, head block)
+  float scale_log2; // softmax scale * log2(e)
+  float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
+  float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
+};
+
+template <class T, class View>
+__device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>& p, int b, int ctx) {
+  return ctx < 1 || ctx > device_capacity(p.kv, b) || ctx > p.chunk * p.max_splits;
+}
+
+/// One CTA per (split, KV head x head block, sequence).
+template <class T, int D, int MT, class View>
+__global__ void __launch_bounds__(decode_threads) decode_split_kernel(const decode_params<T, View> p) {
+  constexpr int RB = 16 * MT, N = decode_tile, LD = D + 8, ST = decode_stages<D>(), CH = D / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  std::uint16_t* const sQ = reinterpret_cast<std::uint16_t*>(smem);  // [RB][LD]
+  std::uint16_t* const sK = sQ + RB * LD;                            // [ST][N][LD]
+  std::uint16_t* const sV = sK + ST * N * LD;                        // [ST][N][LD]
+  __shared__ float s_m[4][RB], s_l[4][RB];
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int b = blockIdx.z, hk = blockIdx.y / p.head_blocks, hb = blockIdx.y - hk * p.head_blocks;
+  const int split = blockIdx.x;
+  const int head0 = hk * p.group + hb * RB;
+  const int nh = min(RB, p.group - hb * RB);
+  const int ctx = p.context[b];
+  if (decode_bad_context(p, b, ctx)) {
+    // Out-of-range length: this sequence's rows become NaN, nothing is read.
+    if (split == 0) {
+      uint4* o = reinterpret_cast<uint4*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head0) * D);
+      for (int e = tid; e < nh * CH; e += decode_threads) o[e] = nan_vec<T>();
+    }
+    return;
+  }
+  const int t0 = split * p.chunk;
+  if (t0 >= ctx) return;
+  const int t1 = min(ctx, t0 + p.chunk);
+  const int nsplit = (ctx + p.chunk - 1) / p.chunk;
+  const int ntiles = (t1 - t0 + N - 1) / N;
+
+  // Q rows of this head block (zero rows past the group).
+  {
+    const T* qb = p.q + (static_cast<std::size_t>(b) * p.q_heads + head0) * D;
+    for (int e = tid; e < RB * CH; e += decode_threads) {
+      const int r = e / CH, c = e - r * CH;
+      cp_async_16(smem_addr(sQ + r * LD + c * 8), qb + (r < nh ? r : 0) * D + c * 8, r < nh);
+    }
+  }
+  const T* const kb = kbase(p.kv);
+  const T* const vb = vbase(p.kv);
+  auto load_tile = [&](int tile, int stage) {
+    const int base = t0 + tile * N;
+#pragma unroll
+    for (int it = 0; it < N * CH / decode_threads; ++it) {
+      const int e = tid + it * decode_threads;
+      const int r = e / CH, c = e - r * CH;
+      const int tok = base + r;
+      const bool ok = tok < t1;
+      const std::size_t off = p.kv.offset(b, hk, ok ? tok : t0) + static_cast<std::size_t>(c * 8);
+      cp_async_16(smem_addr(sK + (stage * N + r) * LD + c * 8), kb + off, ok);
+      cp_async_16(smem_addr(sV + (stage * N + r) * LD + c * 8), vb + off, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < ntiles) load_tile(s, s);
+    cp_async_commit();  // the first group carries Q too
+  }
+  cp_async_wait<ST - 2>();
+  __syncthreads();
+
+  std::uint32_t qa[MT][D / 16][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      ldmatrix_x4(qa[mt][ks],
+                  smem_addr(sQ + (mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + ks * 16 + (lane >> 4) * 8));
+    }
+  }
+
+  float o[MT][D / 8][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+
+  for (int tile = 0; tile < ntiles; ++tile) {
+    const int stage = tile % ST;
+    if (tile > 0) {
+      cp_async_wait<ST - 2>();
+      __syncthreads();  // tile's data visible; every warp is done with tile - 1's stage
+    }
+    {
+      const int next = tile + ST - 1;
+      if (next < ntiles) load_tile(next, next % ST);
+      cp_async_commit();
+    }
+    const std::uint16_t* ks_ = sK + (stage * N + warp * 16) * LD;
+    const std::uint16_t* vs_ = sV + (stage * N + warp * 16) * LD;
+
+    // S = Q K^T for this warp's 16 tokens: [RB x 16] in MT x 2 accumulator tiles.
+    float s[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      std::uint32_t kf[4];
+      ldmatrix_x4(kf, smem_addr(ks_ + ((lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(s[mt][0], qa[mt][kk], kf[0], kf[1]);
+        mma_16816<T>(s[mt][1], qa[mt][kk], kf[2], kf[3]);
+      }
+    }
+    // Scale into the log2 domain; mask tokens past this split's end (last tile only).
+    const bool tail = t0 + (tile + 1) * N > t1;
+    const int tok0 = t0 + tile * N + warp * 16 + 2 * (lane & 3);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][nt][e] * p.scale_log2;
+          if (tail && tok0 + nt * 8 + (e & 1) >= t1) x = -INFINITY;
+          s[mt][nt][e] = x;
+        }
+      }
+    }
+    // Online softmax per row; P rounded to T, and l summed from the rounded P so that the
+    // weights used for V sum exactly to the normaliser.
+    std::uint32_t pa[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = fmaxf(fmaxf(s[mt][0][2 * h], s[mt][0][2 * h + 1]), fmaxf(s[mt][1][2 * h], s[mt][1][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[mt][h], mx);
+        const float base = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = fast_exp2(m[mt][h] - base);
+        m[mt][h] = m_new;
+        const std::uint32_t p0 = pack2<T>(fast_exp2(s[mt][0][2 * h] - base), fast_exp2(s[mt][0][2 * h + 1] - base));
+        const std::uint32_t p1 = pack2<T>(fast_exp2(s[mt][1][2 * h] - base), fast_exp2(s[mt][1][2 * h + 1] - base));
+        pa[mt][h] = p0;      // a0 (row lane/4) / a1 (row lane/4 + 8): tokens 2t, 2t+1
+        pa[mt][2 + h] = p1;  // a2 / a3: tokens 8 + 2t, 8 + 2t + 1
+        const float2 r0 = unpack2<T>(p0), r1 = unpack2<T>(p1);
+        l[mt][h] = l[mt][h] * corr + ((r0.x + r0.y) + (r1.x + r1.y));
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[mt][dt][2 * h] *= corr;
+          o[mt][dt][2 * h + 1] *= corr;
+        }
+      }
+    }
+    // O += P V for this warp's 16 tokens.
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      std::uint32_t vf[4];
+      ldmatrix_x4_trans(vf, smem_addr(vs_ + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(o[mt][2 * dp], pa[mt], vf[0], vf[1]);
+        mma_16816<T>(o[mt][2 * dp + 1], pa[mt], vf[2], vf[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the pipeline's shared memory is free: reuse it to merge the warps
+
+  float* const s_o = reinterpret_cast<float*>(sK);  // [4][RB][D]
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float lt = l[mt][h];
+      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      const int row = mt * 16 + (lane >> 2) + h * 8;
+      if ((lane & 3) == 0) {
+        s_m[warp][row] = m[mt][h];
+        s_l[warp][row] = lt;
+      }
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<float2*>(s_o + (warp * RB + row) * D + dt * 8 + 2 * (lane & 3)) =
+            make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+      }
+    }
+  }
+  __syncthreads();
+
+  const std::size_t item = static_cast<std::size_t>(b) * gridDim.y + blockIdx.y;
+  for (int e = tid; e < nh * (D / 2); e += decode_threads) {
+    const int r = e / (D / 2), c = (e - r * (D / 2)) * 2;
+    float mm = s_m[0][r];
+#pragma unroll
+    for (int w = 1; w < 4; ++w) mm = fmaxf(mm, s_m[w][r]);
+    float L = 0.f, ox = 0.f, oy = 0.f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float f = s_m[w][r] == -INFINITY ? 0.f : fast_exp2(s_m[w][r] - mm);
+      L += f * s_l[w][r];
+      const float2 x = *reinterpret_cast<const float2*>(s_o + (w * RB + r) * D + c);
+      ox += f * x.x;
+      oy += f * x.y;
+    }
+    const float inv = 1.f / L;
+    if (nsplit == 1) {
+      *reinterpret_cast<std::uint32_t*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head0 + r) * D + c) =
+          pack2<T>(ox * inv, oy * inv);
+    } else {
+      const std::size_t slot = item * static_cast<std::size_t>(p.max_splits) + static_cast<std::size_t>(split);
+      *reinterpret_cast<float2*>(p.part_o + (slot * RB + r) * D + c) = make_float2(ox * inv, oy * inv);
+      if (c == 0) p.part_lse[slot * RB + r] = mm + __log2f(L);
+    }
+  }
+  pdl_launch_dependents();
+}
+
+/// Merges the splits of one (sequence, KV head x head block, head): out = sum_s w_s O_s with
+/// w_s = 2^(lse_s - max) / sum. One CTA per head row; threads split D into float4 columns and the
+/// splits among groups, so every split's row is read with one 16-byte load in parallel.
+template <class T, int D, int MT, class View>
+__global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const decode_params<T, View> p) {
+  constexpr int RB = 16 * MT, C4 = D / 4, G = decode_threads / C4;
+  __shared__ float s_w[decode_max_splits];
+  __shared__ float s_red[decode_threads / 32];
+  __shared__ float4 s_acc[decode_threads];
+  pdl_wait();  // the split kernel's partials are complete and visible
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int item = blockIdx.x, r = blockIdx.y;
+  const int per_seq = p.kv.kv_heads * p.head_blocks;
+  const int b = item / per_seq;
+  const int rem = item - b * per_seq;
+  const int hk = rem / p.head_blocks, hb = rem - hk * p.head_blocks;
+  const int nh = min(RB, p.group - hb * RB);
+  if (r >= nh) return;
+  const int ctx = p.context[b];
+  if (decode_bad_context(p, b, ctx)) return;  // the split kernel wrote NaN
+  const int nsplit = (ctx + p.chunk - 1) / p.chunk;
+  if (nsplit <= 1) return;  // the split kernel wrote the output itself
+  const std::size_t slot0 = static_cast<std::size_t>(item) * static_cast<std::size_t>(p.max_splits);
+
+  float mx = -INFINITY;
+  for (int s = tid; s < nsplit; s += decode_threads) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) s_red[warp] = mx;
+  __syncthreads();
+  mx = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
+  __syncthreads();
+  float sum = 0.f;
+  for (int s = tid; s < nsplit; s += decode_threads) {
+    const float w = fast_exp2(p.part_lse[(slot0 + s) * RB + r] - mx);
+    s_w[s] = w;
+    sum += w;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) s_red[warp] = sum;
+  __syncthreads();
+  const float inv = 1.f / ((s_red[0] + s_red[1]) + (s_red[2] + s_red[3]));
+
+  const int c = tid % C4, g = tid / C4;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (g < G) {
+#pragma unroll 4
+    for (int s = g; s < nsplit; s += G) {
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(p.part_o + ((slot0 + s) * RB + r) * D) + c);
+      const float w = s_w[s];
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
+    }
+  }
+  s_acc[tid] = acc;
+  __syncthreads();
+  if (g == 0) {
+#pragma unroll
+    for (int k = 1; k < G; ++k) {
+      const float4 x = s_acc[k * C4 + c];
+      acc.x += x.x;
+      acc.y += x.y;
+      acc.z += x.z;
+      acc.w += x.w;
+    }
+    const int head = hk * p.group + hb * RB + r;
+    uint2 v;
+    v.x = pack2<T>(acc.x * inv, acc.y * inv);
+    v.y = pack2<T>(acc.z * inv, acc.w * inv);
+    *(reinterpret_cast<uint2*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head) * D) + c) = v;
+  }
+}
+
+/// The launch shape of a decode call, a pure function of the host-side arguments and the device.
+struct decode_plan {
+  int mt = 1;           // 16-row tiles per head block (1 or 2)
+  int head_blocks = 1;  // head blocks per KV head
+  int chunk = 0;        // tokens per split
+  int splits = 1;       // splits per (sequence, KV head, head block)
+  std::size_t items = 0;
+  std::size_t workspace = 0;  // bytes
+};
+
+/// Chooses the split from a simple model: a CTA streams its share at no more than
+/// (stages - 1) tiles per memory latency, the device at about 25 GB/s per SM (H100; the model only
+/// ranks candidates), and a split adds a combine launch and its partials' round trip.
+template <class T, int D, int MT, class View>
+decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch& ab) {
+  decode_plan pl;
+  const int group = q_heads / kv.kv_heads;
+  pl.mt = MT;
+  pl.head_blocks = (group + 16 * MT - 1) / (16 * MT);
+  pl.items = static_cast<std::size_t>(ab.batch) * static_cast<std::size_t>(kv.kv_heads) *
+             static_cast<std::size_t>(pl.head_blocks);
+  const int tiles = (ab.max_context + decode_tile - 1) / decode_tile;
+  int sms = 0, cc = 0;
+  device_info(sms, cc);
+  const auto kernel = decode_split_kernel<T, D, MT, View>;
+  constexpr std::size_t smem = decode_smem_bytes<D, MT>();
+  MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int occ = 0;
+  MLKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, decode_threads, smem));
+  MLKV_CHECK(occ >= 1, "decode kernel does not fit a multiprocessor (", smem, " bytes of shared memory)");
+  const double slots = static_cast<double>(sms) * occ;
+  const double bw = 25.0e3 * sms;  // bytes per microsecond
+  const double tile_bytes = 2.0 * decode_tile * D * sizeof(T);
+  const double cta_bw = (decode_stages<D>() - 1) * tile_bytes / 1.5;  // bytes per microsecond
+  const double rows = group < 16 * MT ? group : 16 * MT;
+  const int max_s = tiles < decode_max_splits ? tiles : decode_max_splits;
+  double best = 1e300;
+  for (int s = 1; s <= max_s; ++s) {
+    const int ct = (tiles + s - 1) / s;
+    const int se = (tiles + ct - 1) / ct;
+    if (se != s) continue;  // the same chunk as a smaller s
+    const double n = static_cast<double>(pl.items) * se;
+    const double cta_bytes = ct * tile_bytes;
+    const double full = std::floor(n / slots), rest = n - full * slots;
+    double t = full * std::max(slots * cta_bytes / bw, cta_bytes / cta_bw);
+    if (rest > 0) t += std::max(rest * cta_bytes / bw, cta_bytes / cta_bw);
+    t += 0.5 * std::ceil(n / slots);  // per-wave start and epilogue
+    if (se > 1) t += 1.0 + n * rows * D * 8.0 / bw;
+    if (t < best * 0.98) {
+      best = t;
+      pl.splits = se;
+      pl.chunk = ct * decode_tile;
+    }
+  }
+  if (pl.splits > 1) {
+    const std::size_t part = pl.items * static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(16 * MT);
+    pl.workspace = part * static_cast<std::size_t>(D) * sizeof(float) + part * sizeof(float);
+  }
+  return pl;
+}
+
+template <class View, class F>
+decltype(auto) with_decode_config(const View& kv, int q_heads, F&& f) {
+  const int group = q_heads / kv.kv_heads;
+  return with_head_dim(kv.head_dim, [&](auto d) -> decltype(auto) {
+    if (group <= 16) return f(d, std::integral_constant<int, 1>{});
+    return f(d, std::integral_constant<int, 2>{});
+  });
+}
+
+template <class View>
+void check_decode_args(const View& kv, int q_heads, const typename View::value_type* q,
+                       const typename View::value_type* out, const attention_batch& ab, float scale) {
+  check_attention_args(kv, q_heads, q, out, ab, scale);
+  MLKV_CHECK(ab.q_offsets == nullptr, "decode takes one query row per sequence (q_offsets must be null); "
+                                      "use prefill_attention for chunks of rows");
+  MLKV_CHECK(ab.batch <= 65535, "decode batch (", ab.batch, ") must be at most 65535");
+  const long long hb = (q_heads / kv.kv_heads + 31) / 32;
+  MLKV_CHECK(static_cast<long long>(kv.kv_heads) * hb <= 65535, "KV heads x head blocks (", kv.kv_heads * hb,
+             ") must be at most 65535");
+}
+
+}  // namespace detail
+
+/// Bytes of device workspace decode_attention needs for these arguments on the current device
+/// (0 when it needs none). Zero-initialisation is not required.
+template <class View>
+std::size_t decode_workspace_bytes(const View& kv, int q_heads, const attention_batch& ab) {
+  using T = typename View::value_type;
+  static_assert(is_cuda_storage_v<T>, "mlkv: CUDA caches store mlkv::f16 or mlkv::bf16");
+  detail::check_view(kv);
+  MLKV_CHECK(q_heads >= 1 && kv.kv_heads >= 1 && q_heads % kv.kv_heads == 0, "query heads (", q_heads,
+             ") must be a positive multiple of KV heads (", kv.kv_heads, ")");
+  MLKV_CHECK(ab.max_context >= 1 && ab.max_context <= detail::host_capacity(kv), "max context (", ab.max_context,
+             ") must be in [1, ", detail::host_capacity(kv), "] (the view's capacity)");
+  if (ab.batch <= 0) return 0;
+  return detail::with_decode_config(kv, q_heads, [&](auto d, auto mt) {
+    return detail::make_decode_plan<T, decltype(d)::value, decltype(mt)::value>(kv, q_heads, ab).workspace;
+  });
+}
+
+/// Decode attention: out[b, h] = softmax(scale * q[b, h] . K[b, kvh, 0..ctx)) V, one query row per
+/// sequence, ctx = context[b] (the new token included), kvh = h / (q_heads / kv_heads).
+///   kv:        the layer's owner slot (contiguous or paged), device memory
+///   q, out:    [ab.batch, q_heads, head_dim], storage type, 16-byte aligned
+///   ab:        attention_batch::decode(batch, context, max_context); max_context bounds every
+///              context[b] and sizes the split (a longer context gives NaN rows, never a bad read)
+///   workspace: decode_workspace_bytes(kv, q_heads, ab) bytes of device memory (may be null when 0)
+/// Stream-ordered, allocation-free and synchronisation-free: capturable in a CUDA graph.
+template <class View>
+void decode_attention(const View& kv, int q_heads, const typename View::value_type* q,
+                      typename View::value_type* out, const attention_batch& ab, float scale, void* workspace,
+                      std::size_t workspace_bytes, cudaStream_t stream) {
+  using T = typename View::value_type;
+  static_assert(is_cuda_storage_v<T>, "mlkv: CUDA caches store mlkv::f16 or mlkv::bf16");
+  detail::check_decode_args(kv, q_heads, q, out, ab, scale);
+  if (ab.batch == 0) return;
+  detail::with_decode_config(kv, q_heads, [&](auto d, auto mt) {
+    constexpr int D = decltype(d)::value, MT = decltype(mt)::value;
+    const detail::decode_plan pl = detail::make_decode_plan<T, D, MT>(kv, q_heads, ab);
+    MLKV_CHECK(workspace_bytes >= pl.workspace, "decode workspace holds ", workspace_bytes, " bytes; this call needs ",
+               pl.workspace, " (decode_workspace_bytes)");
+    MLKV_CHECK(pl.workspace == 0 || (workspace != nullptr && detail::aligned16(workspace)),
+               "decode workspace must be a 16-byte aligned device pointer");
+    detail::decode_params<T, View> p{};
+    p.kv = kv;
+    p.q = q;
+    p.out = out;
+    p.context = ab.context;
+    p.q_heads = q_heads;
+    p.group = q_heads / kv.kv_heads;
+    p.head_blocks = pl.head_blocks;
+    p.chunk = pl.chunk;
+    p.max_splits = pl.splits;
+    p.scale_log2 = scale * 1.4426950408889634f;
+    p.part_o = static_cast<float*>(workspace);
+    p.part_lse = pl.workspace != 0
+                     ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
+                     : nullptr;
+    const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
+                    static_cast<unsigned>(ab.batch));
+    constexpr std::size_t smem = detail::decode_smem_bytes<D, MT>();
+    detail::decode_split_kernel<T, D, MT, View><<<grid, detail::decode_threads, smem, stream>>>(p);
+    MLKV_CUDA_CHECK(cudaGetLastError());
+    if (pl.splits > 1) {
+      MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
+      int sms = 0, cc = 0;
+      detail::device_info(sms, cc);
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT));
+      cfg.blockDim = dim3(detail::decode_threads);
+      cfg.dynamicSmemBytes = 0;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = cc >= 90 ? 1 : 0;  // programmatic dependent launch needs sm_90
+      MLKV_CUDA_CHECK(cudaLaunchKernelEx(&cfg, detail::decode_combine_kernel<T, D, MT, View>, p));
+    }
+  });
+}
+
+}  // namespace mlkv::cuda

@@ -1,0 +1,5 @@
+// The CUDA launchers for f16 caches, instantiated for the tests.
+#include "kernels_impl.cuh"
+using mlkv_cuda_test::attention_batch;
+MLKV_CUDA_TEST_INSTANTIATE(mlkv::contiguous_slot_view<mlkv::f16>)
+MLKV_CUDA_TEST_INSTANTIATE(mlkv::paged_slot_view<mlkv::f16>)
