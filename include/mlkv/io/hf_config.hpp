@@ -260,7 +260,7 @@ inline void gpt_neox_config::validate(std::string_view source) const {
 
 /// Reads a GPT-NeoX configuration from a parsed config.json object.
 inline gpt_neox_config parse_gpt_neox_config(const json::value& obj, std::string_view source = "config.json") {
-  if (!obj.is_object()) ::mlkv::detail::fail(source, ": expected a JSON object, found a ", json::kind_name(obj.type()));
+  if (!obj.is_object()) ::mlkv::detail::fail(source, ": expected a JSON object, found ", json::a_kind_name(obj.type()));
   gpt_neox_config c;
   c.raw = obj;
   detail::config_reader r{obj, source, c.defaulted};
@@ -337,7 +337,7 @@ inline gpt_neox_config parse_gpt_neox_config(const json::value& obj, std::string
 }
 
 /// Reads a GPT-NeoX configuration from config.json text.
-inline gpt_neox_config parse_gpt_neox_config(std::string_view text, std::string_view source) {
+inline gpt_neox_config parse_gpt_neox_config_text(std::string_view text, std::string_view source = "config.json") {
   return parse_gpt_neox_config(json::parse(text, source), source);
 }
 

@@ -44,6 +44,18 @@ constexpr const char* kind_name(kind k) {
   }
 }
 
+/// The kind with its article, for messages: "an object", "a number", "null", ...
+constexpr const char* a_kind_name(kind k) {
+  switch (k) {
+    case kind::null: return "null";
+    case kind::boolean: return "a boolean";
+    case kind::number: return "a number";
+    case kind::string: return "a string";
+    case kind::array: return "an array";
+    default: return "an object";
+  }
+}
+
 struct member;
 
 /// A JSON value. Copyable; objects keep key order.
@@ -53,15 +65,15 @@ class value {
   /// null
   value();
   value(std::nullptr_t);
-  value(bool b);
+  explicit value(bool b);
   /// A non-integer number (written with a decimal point or exponent). Must be finite.
-  value(double d);
+  explicit value(double d);
   /// An integer number.
-  value(std::int64_t i);
-  value(int i);
-  value(std::string s);
-  value(std::string_view s);
-  value(const char* s);
+  explicit value(std::int64_t i);
+  explicit value(int i);
+  explicit value(std::string s);
+  explicit value(std::string_view s);
+  explicit value(const char* s);
   value(const value&);
   value(value&&) noexcept;
   value& operator=(const value&);
@@ -131,7 +143,7 @@ class value {
 
  private:
   void expect(kind k) const {
-    if (kind_ != k) detail::fail("expected a JSON ", kind_name(k), ", found a ", kind_name(kind_));
+    if (kind_ != k) detail::fail("expected a JSON ", kind_name(k), ", found ", a_kind_name(kind_));
   }
 
   kind kind_ = kind::null;

@@ -312,17 +312,17 @@ class safetensors_file {
   }
 
   void parse_metadata(const json::value& v) {
-    if (!v.is_object()) fail("\"__metadata__\" must be an object of strings, found a ", json::kind_name(v.type()));
+    if (!v.is_object()) fail("\"__metadata__\" must be an object of strings, found ", json::a_kind_name(v.type()));
     for (const json::member& m : v.as_object()) {
       if (!m.val.is_string()) {
-        fail("\"__metadata__\" entry \"", m.key, "\" must be a string, found a ", json::kind_name(m.val.type()));
+        fail("\"__metadata__\" entry \"", m.key, "\" must be a string, found ", json::a_kind_name(m.val.type()));
       }
       metadata_.emplace_back(m.key, m.val.as_string());
     }
   }
 
   tensor_info parse_tensor(const std::string& name, const json::value& v) const {
-    if (!v.is_object()) fail("tensor \"", name, "\" must be described by an object, found a ", json::kind_name(v.type()));
+    if (!v.is_object()) fail("tensor \"", name, "\" must be described by an object, found ", json::a_kind_name(v.type()));
     tensor_info t;
     t.name = name;
     const json::value* dt = v.find("dtype");
