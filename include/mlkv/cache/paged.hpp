@@ -375,8 +375,9 @@ class paged_kv_cache {
     /// [batch]: committed tokens of each sequence when the batch was made.
     std::span<const std::int32_t> lengths() const { return lengths_; }
 
-    /// The view a kernel reads for owner slot `slot`.
-    paged_slot_view<T> slot_view(int slot) const {
+    /// The view a kernel reads for owner slot `slot`. It points into this batch's block table,
+    /// so a view of a temporary batch does not compile.
+    paged_slot_view<T> slot_view(int slot) const& {
       MLKV_CHECK(slot >= 0 && slot < slots, "KV slot ", slot, " is out of range [0, ", slots, ")");
       paged_slot_view<T> v;
       v.pages = pages_;
@@ -392,11 +393,13 @@ class paged_kv_cache {
       v.v_offset = v.k_offset + half_values;
       return v;
     }
+    paged_slot_view<T> slot_view(int slot) const&& = delete;
     /// The view of the slot that `layer` reads (its owner's).
-    paged_slot_view<T> layer_view(int layer) const {
+    paged_slot_view<T> layer_view(int layer) const& {
       MLKV_CHECK(layer >= 0 && layer < S.layers, "layer ", layer, " is out of range [0, ", S.layers, ")");
       return slot_view(S.kv_slot(layer));
     }
+    paged_slot_view<T> layer_view(int layer) const&& = delete;
 
    private:
     friend class paged_kv_cache;
