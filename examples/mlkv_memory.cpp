@@ -2,12 +2,19 @@
 // and a few decode steps of attention over each.
 //
 //   mlkv-memory [--batch B] [--tokens T] [--dtype f32|f16|bf16] [--steps N] [--csv]
+//               [--plan] [--budget-gib G] [--plan-tokens N]
 //
 // Defaults (batch 8, 2047 tokens, f32) are the paper's measurement: cache_mib then equals the
 // paper's measured cache sizes. --csv prints machine-readable rows only.
+//
+// After the table, capacity planning (mlkv/plan.hpp): how many sequences of --plan-tokens tokens
+// (default 2048) of each configuration fit in --budget-gib GiB (default 80, one H100), in a
+// contiguous cache and in paged caches of 16 and 64 tokens per page (pages and block tables
+// counted). --plan prints only that table.
 #include <mlkv/mlkv.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,17 +31,24 @@ struct options {
   mlkv::dtype dtype = mlkv::dtype::f32;
   int steps = 2;
   bool csv = false;
+  bool plan_only = false;
+  int budget_gib = 80;
+  int plan_tokens = 2048;
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "mlkv-memory: %s\n"
                "usage: mlkv-memory [--batch B] [--tokens T] [--dtype f32|f16|bf16] [--steps N] [--csv]\n"
+               "                   [--plan] [--budget-gib G] [--plan-tokens N]\n"
                "  --batch B    sequences in the batch, 1..65536 (default 8)\n"
                "  --tokens T   tokens per sequence, 1..1048576 (default 2047)\n"
                "  --dtype      cache storage type (default f32)\n"
                "  --steps N    decode steps timed per configuration, 0..1000 (default 2; 0 skips them)\n"
-               "  --csv        print CSV rows only, no decode steps\n",
+               "  --csv        print CSV rows only, no decode steps\n"
+               "  --plan       print only the capacity plan (sequences that fit in the budget)\n"
+               "  --budget-gib G   memory budget of the capacity plan in GiB, 1..1048576 (default 80)\n"
+               "  --plan-tokens N  tokens per sequence of the capacity plan, 1..1048576 (default 2048)\n",
                why);
   std::exit(2);
 }
@@ -68,6 +82,12 @@ options parse(int argc, char** argv) {
       if (!mlkv::parse_dtype(v, o.dtype)) usage((std::string("--dtype takes f32, f16 or bf16, got '") + v + "'").c_str());
     } else if (a == "--csv") {
       o.csv = true;
+    } else if (a == "--plan") {
+      o.plan_only = true;
+    } else if (a == "--budget-gib") {
+      o.budget_gib = parse_int("--budget-gib", value(), 1, 1 << 20);
+    } else if (a == "--plan-tokens") {
+      o.plan_tokens = parse_int("--plan-tokens", value(), 1, 1 << 20);
     } else if (a == "--help" || a == "-h") {
       usage("KV cache sizes of the paper's configurations");
     } else {
@@ -118,6 +138,29 @@ double time_decode(const options& o) {
   return run > 0 ? ms / run : 0.0;
 }
 
+// How many sequences of o.plan_tokens tokens fit in o.budget_gib GiB: contiguous, and paged with
+// 16 and 64 tokens per page (mlkv/plan.hpp; pages and block tables both count).
+void print_plan(const options& o) {
+  const std::uint64_t budget = static_cast<std::uint64_t>(o.budget_gib) * mlkv::gib;
+  const auto dt = mlkv::name_of(o.dtype);
+  std::printf("Capacity plan: %d-token sequences in %d GiB, %.*s\n\n", o.plan_tokens, o.budget_gib,
+              static_cast<int>(dt.size()), dt.data());
+  std::printf("%-8s %11s %14s %14s %14s %15s %15s\n", "config", "bytes/tok", "contiguous", "paged P=16", "paged P=64",
+              "overhead P=16", "overhead P=64");
+  for (const auto& c : mlkv::paper_configs) {
+    const auto flat = mlkv::plan_contiguous(c.shape, o.dtype, budget, o.plan_tokens);
+    const auto p16 = mlkv::plan_paged(c.shape, o.dtype, 16, budget, o.plan_tokens);
+    const auto p64 = mlkv::plan_paged(c.shape, o.dtype, 64, budget, o.plan_tokens);
+    std::printf("%-8.*s %11zu %14lld %14lld %14lld %13.3f %% %13.3f %%\n", static_cast<int>(c.name.size()), c.name.data(),
+                c.shape.bytes_per_token(o.dtype), static_cast<long long>(flat.sequences),
+                static_cast<long long>(p16.sequences), static_cast<long long>(p64.sequences),
+                100.0 * static_cast<double>(p16.overhead_bytes_per_sequence) / static_cast<double>(p16.token_bytes_per_sequence),
+                100.0 * static_cast<double>(p64.overhead_bytes_per_sequence) / static_cast<double>(p64.token_bytes_per_sequence));
+  }
+  std::printf("\noverhead: what paging adds to a sequence's K/V bytes (its last page's unused tokens and its block\n"
+              "table of 4 bytes per page), as a share of the K/V bytes.\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -132,6 +175,10 @@ int main(int argc, char** argv) {
                   s.q_heads, s.kv_heads, s.kv_layers, s.total_kv_heads(), s.bytes_per_token(o.dtype), mib(s, o),
                   mib(s, o) / mib(mha, o), mib(s, o) / mib(mqa, o));
     }
+    return 0;
+  }
+  if (o.plan_only) {
+    print_plan(o);
     return 0;
   }
 
@@ -156,6 +203,7 @@ int main(int argc, char** argv) {
       std::printf("%12s\n", "-");
     }
   });
-  std::printf("\nms/step: one decode step (all 12 layers, every sequence) of the CPU reference attention.\n");
+  std::printf("\nms/step: one decode step (all 12 layers, every sequence) of the CPU reference attention.\n\n");
+  print_plan(o);
   return 0;
 }

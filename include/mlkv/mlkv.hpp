@@ -11,4 +11,6 @@
 #include "cache/buffer.hpp"
 #include "cache/view.hpp"
 #include "cache/contiguous.hpp"
+#include "cache/paged.hpp"
+#include "plan.hpp"
 #include "cpu/reference.hpp"
