@@ -228,8 +228,8 @@ def main():
               "torch_sum_tbps": torch_sum, "copy_tbps_read_plus_write": copy,
               "timing": "CUDA graph of many calls, replayed; median of 7 replays; inputs rotated over copies "
                         "until one graph pass reads at least 4x the L2", "decode": [], "prefill": []}
-    geoms = GEOMS if not args.geoms else [g for g in GEOMS if g[0] in args.geoms.split(",")]
-    batches, contexts = (BATCHES, CONTEXTS) if not args.quick else ([1, 64], [4096, 32768])
+    geoms = GEOMS if not args.geoms else [g for g in GEOMS if g[0].split()[0] in args.geoms.split(",")]
+    batches, contexts = (BATCHES, CONTEXTS) if not args.quick else ([1, 16, 64], [4096, 32768])
     for name, hq, hkv, d in geoms:
         for ctx in contexts:
             for b in batches:

@@ -89,6 +89,23 @@ for f, s in stats.items():
 EOF
 fi
 
+if has ncu; then
+  step ncu
+  # MLKV_NCU: shapes "kind hq hkv d batch ctx" separated by ';'
+  IFS=';' read -ra shapes <<<"${MLKV_NCU:-decode 12 12 64 64 4096;decode 12 1 64 1 32768}"
+  n=0
+  for sh in "${shapes[@]}"; do
+    n=$((n + 1))
+    ncu --clock-control none -k regex:'decode|prefill|flash|fprop|lean|reduction|sdpa' \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis \
+      python3 bench/cuda/profile_one.py "$LIB" $sh >"$OUT/ncu_$n.txt" 2>&1
+    echo "-- ncu $sh"
+    grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|Achieved Occupancy|Grid Size|Registers Per|Dynamic Shared Memory Per|Warp Cycles Per Issued|L2 Hit Rate  " \
+      "$OUT/ncu_$n.txt" | sed -e 's/_ZN4mlkv4cuda6detail//' | cut -c1-110 | head -60
+  done
+fi
+
 if has bench; then
   step bench
   PYTHONUNBUFFERED=1 python3 bench/cuda/bench.py --lib "$LIB" --out "$OUT/cuda_attention.json" \

@@ -46,6 +46,8 @@ template <class T, class In, class View>
 __global__ void __launch_bounds__(128) append_kernel(const View kv, const In* __restrict__ k,
                                                      const In* __restrict__ v, const attention_batch ab,
                                                      const rope_args rope) {
+  pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
+  pdl_launch_dependents();
   const int b = blockIdx.y;
   const int i = blockIdx.x;
   const int ctx = ab.context[b];
@@ -117,8 +119,7 @@ void append_kv(const View& kv, const In* k, const In* v, const attention_batch& 
   MLKV_CHECK(ab.context != nullptr, "context lengths are null");
   MLKV_CHECK(k != nullptr && v != nullptr, "K or V rows are null");
   const dim3 grid(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(ab.batch));
-  detail::append_kernel<T, In, View><<<grid, 128, 0, stream>>>(kv, k, v, ab, ra);
-  MLKV_CUDA_CHECK(cudaGetLastError());
+  detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, kv, k, v, ab, ra);
 }
 
 }  // namespace mlkv::cuda

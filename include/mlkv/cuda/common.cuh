@@ -8,11 +8,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../cache/view.hpp"
 #include "../dtype.hpp"
@@ -124,6 +126,40 @@ inline void device_info(int& sms, int& cc) {
   MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   cc = major * 10 + minor;
+}
+
+/// The current device's compute capability (major * 10 + minor), cached per device.
+inline int device_cc() {
+  static std::atomic<int> cache[16];
+  int dev = 0;
+  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 16) {
+    const int c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return c;
+  }
+  int sms = 0, cc = 0;
+  device_info(sms, cc);
+  if (dev >= 0 && dev < 16) cache[dev].store(cc, std::memory_order_relaxed);
+  return cc;
+}
+
+/// Launches `kernel` on `stream`, with programmatic dependent launch on sm_90 and later: the
+/// kernel may start while the previous kernel of the stream finishes, so every kernel launched
+/// this way calls pdl_wait() before its first global memory access.
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = device_cc() >= 90 ? 1 : 0;
+  MLKV_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 /// Calls f(std::integral_constant<int, D>{}) for the compiled head dim d; throws for any other.

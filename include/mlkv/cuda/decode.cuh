@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -75,6 +76,7 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
   std::uint16_t* const sV = sK + ST * N * LD;                        // [ST][N][LD]
   __shared__ float s_m[4][RB], s_l[4][RB];
 
+  pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.z, hk = blockIdx.y / p.head_blocks, hb = blockIdx.y - hk * p.head_blocks;
   const int split = blockIdx.x;
@@ -294,6 +296,7 @@ __global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const de
   __shared__ float s_red[decode_threads / 32];
   __shared__ float4 s_acc[decode_threads];
   pdl_wait();  // the split kernel's partials are complete and visible
+  pdl_launch_dependents();  // the next kernel may start launching; it waits for us before reading
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int item = blockIdx.x, r = blockIdx.y;
@@ -361,6 +364,37 @@ __global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const de
   }
 }
 
+/// The device's multiprocessors and the resident CTAs per multiprocessor of a kernel, computed
+/// once per device (outside any stream capture when the first call is not captured).
+struct detail_occupancy {
+  int sms = 0, ctas = 0, cc = 0;
+};
+template <class T, int D, int MT, class View>
+detail_occupancy decode_occupancy() {
+  // Packed (sms << 32 | ctas << 16 | cc), 0 until computed; atomics keep concurrent callers safe.
+  static std::atomic<std::uint64_t> cache[16];
+  int dev = 0;
+  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+  const bool cached = dev >= 0 && dev < 16;
+  if (cached) {
+    const std::uint64_t c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return {static_cast<int>(c >> 32), static_cast<int>((c >> 16) & 0xffffu), static_cast<int>(c & 0xffffu)};
+  }
+  detail_occupancy o;
+  device_info(o.sms, o.cc);
+  const auto kernel = decode_split_kernel<T, D, MT, View>;
+  constexpr std::size_t smem = decode_smem_bytes<D, MT>();
+  MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  MLKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.ctas, kernel, decode_threads, smem));
+  MLKV_CHECK(o.ctas >= 1, "decode kernel does not fit a multiprocessor (", smem, " bytes of shared memory)");
+  if (cached) {
+    cache[dev].store(static_cast<std::uint64_t>(o.sms) << 32 | static_cast<std::uint64_t>(o.ctas) << 16 |
+                         static_cast<std::uint64_t>(o.cc),
+                     std::memory_order_relaxed);
+  }
+  return o;
+}
+
 /// The launch shape of a decode call, a pure function of the host-side arguments and the device.
 struct decode_plan {
   int mt = 1;           // 16-row tiles per head block (1 or 2)
@@ -371,9 +405,14 @@ struct decode_plan {
   std::size_t workspace = 0;  // bytes
 };
 
-/// Chooses the split from a simple model: a CTA streams its share at no more than
-/// (stages - 1) tiles per memory latency, the device at about 25 GB/s per SM (H100; the model only
-/// ranks candidates), and a split adds a combine launch and its partials' round trip.
+/// Chooses the split from a small model of an H100 (it only ranks candidates; the ranking holds
+/// on an H200):
+///  - the device streams bw = 25 GB/s per SM; a CTA alone at most cta_bw, (stages - 1) tiles
+///    turning over every ~3 us (measured, v1);
+///  - with more CTAs than resident slots, the last CTAs drain alone: the tail costs about half a
+///    CTA's duration at full load (measured, v1: 768 CTAs of 1 MB lost 12% of the run to it);
+///  - a split writes and re-reads its f32 partial rows and adds the combine kernel (~1 us with
+///    programmatic dependent launch).
 template <class T, int D, int MT, class View>
 decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch& ab) {
   decode_plan pl;
@@ -383,19 +422,13 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
   pl.items = static_cast<std::size_t>(ab.batch) * static_cast<std::size_t>(kv.kv_heads) *
              static_cast<std::size_t>(pl.head_blocks);
   const int tiles = (ab.max_context + decode_tile - 1) / decode_tile;
-  int sms = 0, cc = 0;
-  device_info(sms, cc);
-  const auto kernel = decode_split_kernel<T, D, MT, View>;
-  constexpr std::size_t smem = decode_smem_bytes<D, MT>();
-  MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int occ = 0;
-  MLKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, decode_threads, smem));
-  MLKV_CHECK(occ >= 1, "decode kernel does not fit a multiprocessor (", smem, " bytes of shared memory)");
-  const double slots = static_cast<double>(sms) * occ;
-  const double bw = 25.0e3 * sms;  // bytes per microsecond
+  const detail_occupancy occ = decode_occupancy<T, D, MT, View>();
+  const double slots = static_cast<double>(occ.sms) * occ.ctas;
+  const double bw = 25.0e3 * occ.sms;  // bytes per microsecond
   const double tile_bytes = 2.0 * decode_tile * D * sizeof(T);
-  const double cta_bw = (decode_stages<D>() - 1) * tile_bytes / 1.5;  // bytes per microsecond
+  const double cta_bw = (decode_stages<D>() - 1) * tile_bytes / 3.0;
   const double rows = group < 16 * MT ? group : 16 * MT;
+  const double total = static_cast<double>(pl.items) * tiles * tile_bytes;
   const int max_s = tiles < decode_max_splits ? tiles : decode_max_splits;
   double best = 1e300;
   for (int s = 1; s <= max_s; ++s) {
@@ -404,12 +437,14 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
     if (se != s) continue;  // the same chunk as a smaller s
     const double n = static_cast<double>(pl.items) * se;
     const double cta_bytes = ct * tile_bytes;
-    const double full = std::floor(n / slots), rest = n - full * slots;
-    double t = full * std::max(slots * cta_bytes / bw, cta_bytes / cta_bw);
-    if (rest > 0) t += std::max(rest * cta_bytes / bw, cta_bytes / cta_bw);
-    t += 0.5 * std::ceil(n / slots);  // per-wave start and epilogue
-    if (se > 1) t += 1.0 + n * rows * D * 8.0 / bw;
-    if (t < best * 0.98) {
+    double t = 1.0;  // launch and first latency
+    if (n <= slots) {
+      t += cta_bytes / std::min(cta_bw, bw / n);
+    } else {
+      t += total / bw + 0.5 * cta_bytes * slots / bw;
+    }
+    if (se > 1) t += 1.0 + 2.0 * n * rows * D * sizeof(float) / bw;
+    if (t < best * 0.995) {
       best = t;
       pl.splits = se;
       pl.chunk = ct * decode_tile;
@@ -500,26 +535,17 @@ void decode_attention(const View& kv, int q_heads, const typename View::value_ty
     p.part_lse = pl.workspace != 0
                      ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
                      : nullptr;
-    const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
-                    static_cast<unsigned>(ab.batch));
-    constexpr std::size_t smem = detail::decode_smem_bytes<D, MT>();
-    detail::decode_split_kernel<T, D, MT, View><<<grid, detail::decode_threads, smem, stream>>>(p);
-    MLKV_CUDA_CHECK(cudaGetLastError());
+    // Both kernels wait (griddepcontrol.wait) before their first global access, so they may be
+    // launched while the previous kernel of the stream finishes: its launch latency is hidden.
+    detail::launch_pdl(detail::decode_split_kernel<T, D, MT, View>,
+                       dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
+                            static_cast<unsigned>(ab.batch)),
+                       dim3(detail::decode_threads), detail::decode_smem_bytes<D, MT>(), stream, p);
     if (pl.splits > 1) {
       MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
-      int sms = 0, cc = 0;
-      detail::device_info(sms, cc);
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT));
-      cfg.blockDim = dim3(detail::decode_threads);
-      cfg.dynamicSmemBytes = 0;
-      cfg.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = cc >= 90 ? 1 : 0;  // programmatic dependent launch needs sm_90
-      MLKV_CUDA_CHECK(cudaLaunchKernelEx(&cfg, detail::decode_combine_kernel<T, D, MT, View>, p));
+      detail::launch_pdl(detail::decode_combine_kernel<T, D, MT, View>,
+                         dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT)),
+                         dim3(detail::decode_threads), 0, stream, p);
     }
   });
 }

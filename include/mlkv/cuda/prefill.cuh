@@ -72,6 +72,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const prefill_
   std::uint16_t* const sK = sQ + BM * LD;                            // [2][BN][LD]
   std::uint16_t* const sV = sK + 2 * BN * LD;                        // [2][BN][LD]
 
+  pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, hk = blockIdx.y;
   const int mb = gridDim.z - 1 - blockIdx.z;
@@ -311,8 +312,7 @@ void launch_prefill_mma(const prefill_params<T, View>& p, cudaStream_t stream) {
   constexpr std::size_t smem = prefill_smem_bytes<D>();
   const auto kernel = prefill_kernel<T, D, View>;
   MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, prefill_threads, smem, stream>>>(p);
-  MLKV_CUDA_CHECK(cudaGetLastError());
+  launch_pdl(kernel, grid, dim3(prefill_threads), smem, stream, p);
 }
 
 }  // namespace detail
