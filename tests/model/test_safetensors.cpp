@@ -84,7 +84,7 @@ TEST_CASE("safetensors: random tensors round-trip through a file", "[model][safe
       CHECK(t.begin % size_of(t.dtype) == 0);  // every tensor aligned to its element size
       const auto got = f.bytes(t);
       REQUIRE(got.size() == e.bytes.size());
-      CHECK(std::memcmp(got.data(), e.bytes.data(), got.size()) == 0);
+      if (!got.empty()) CHECK(std::memcmp(got.data(), e.bytes.data(), got.size()) == 0);
     }
   }
 }

@@ -260,7 +260,9 @@ inline converted_checkpoint convert(const gpt_neox_config& cfg, const safetensor
   MLKV_CHECK(torch_lanes == 8 || torch_lanes == 16, "PyTorch vector width (", torch_lanes, ") must be 8 or 16 floats");
   const std::size_t lanes = static_cast<std::size_t>(torch_lanes);
   using detail::work_tensor;
-  converted_checkpoint out{plan_conversion(cfg, kv_heads, kv_layers), cfg.raw, in, {}};
+  // The script rewrites the file's own keys; a configuration made in code has none: use its JSON.
+  const json::value base = cfg.raw.is_object() && !cfg.raw.as_object().empty() ? cfg.raw : cfg.to_json();
+  converted_checkpoint out{plan_conversion(cfg, kv_heads, kv_layers), base, in, {}};
   const conversion_plan& p = out.plan;
   const int L = p.layers, Hq = p.heads, D = p.head_dim, H = p.hidden, G = Hq / kv_heads;
   const bool bias = cfg.attention_bias;
