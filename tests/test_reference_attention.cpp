@@ -84,3 +84,24 @@ TEST_CASE("attention rejects bad batches with the value and range") {
   REQUIRE(what({1, 1}, nullptr, 3) == "mlkv: attention batch (3) must be in [0, 2]");
   REQUIRE(what({1, 1}, nullptr, 2, 10) == "mlkv: query heads (10) must be a positive multiple of KV heads (4)");
 }
+
+TEST_CASE("keys cached before rotation and rotated when read equal keys cached rotated (f32)") {
+  constexpr mlkv::model_shape S = mlkv_test::uneven_gqa;
+  constexpr int Hq = S.q_heads, Hkv = S.kv_heads, D = S.head_dim, N = 37;
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  const mlkv::rotary rope(mlkv::rope_config{D, 16, 10000.f});
+  mlkv::kv_cache<S, float> rotated(1, N), plain(1, N);
+  const auto k = r.vec(std::size_t{N} * Hkv * D), v = r.vec(std::size_t{N} * Hkv * D);
+  auto q = r.vec(std::size_t{5} * Hq * D);
+  rope.apply_rows(q.data(), 5, Hq, N - 5);
+  rotated.append(0, 0, N, k.data(), v.data(), &rope);
+  plain.append(0, 0, N, k.data(), v.data(), nullptr);
+  const std::int32_t ctx = N, offs[2] = {0, 5};
+  std::vector<float> a(q.size()), b(q.size()), c(q.size());
+  const float scale = mlkv::cpu::default_scale(D);
+  mlkv::cpu::reference_attention(rotated.slot_view(0), Hq, q.data(), a.data(), {1, &ctx, offs}, scale);
+  mlkv::cpu::reference_attention(plain.slot_view(0), Hq, q.data(), b.data(), {1, &ctx, offs}, scale, &rope);
+  mlkv::cpu::reference_attention(plain.slot_view(0), Hq, q.data(), c.data(), {1, &ctx, offs}, scale);
+  REQUIRE(a == b);
+  REQUIRE(mlkv_test::rel_err(c, a) > 1e-3);  // without the rotation the answer really differs
+}

@@ -19,6 +19,7 @@
 
 #include "../dtype.hpp"
 #include "../error.hpp"
+#include "../rope.hpp"
 
 namespace mlkv::cpu {
 
@@ -65,13 +66,21 @@ void check_attention(const View& kv, int q_heads, const float* q, const float* o
 /// Reference attention over one slot view (contiguous or paged).
 /// q:   [rows, q_heads, head_dim], already rotated
 /// out: [rows, q_heads, head_dim]
+/// rotate_keys: null when the cache holds rotated keys (the default). Otherwise the cache holds
+/// keys before rotation and each key row is rotated at its position when read (the paper's
+/// reference model lets consumer layers see its owners' unrotated keys; a model trained that way
+/// caches unrotated keys and rotates them only for the owner layers).
 template <class View>
 void reference_attention(const View& kv, int q_heads, const float* q, float* out, const attention_batch& ab,
-                         float scale) {
+                         float scale, const rotary* rotate_keys = nullptr) {
   check_attention(kv, q_heads, q, out, ab, scale);
   const int D = kv.head_dim;
   const int group = q_heads / kv.kv_heads;
-  std::vector<float> acc(static_cast<std::size_t>(D));
+  if (rotate_keys != nullptr) {
+    MLKV_CHECK(rotate_keys->config().head_dim == D, "rotary head dim (", rotate_keys->config().head_dim,
+               ") differs from the cache's head dim (", D, ")");
+  }
+  std::vector<float> acc(static_cast<std::size_t>(D)), krot(static_cast<std::size_t>(D));
   for (int b = 0; b < ab.batch; ++b) {
     const int ctx = ab.context[b];
     const int n = ab.rows(b);
@@ -89,7 +98,13 @@ void reference_attention(const View& kv, int q_heads, const float* q, float* out
           const auto* kt = kv.k_row(b, kvh, t);
           const auto* vt = kv.v_row(b, kvh, t);
           float s = 0.f;
-          for (int d = 0; d < D; ++d) s += qh[d] * to_float(kt[d]);
+          if (rotate_keys != nullptr) {
+            for (int d = 0; d < D; ++d) krot[static_cast<std::size_t>(d)] = to_float(kt[d]);
+            rotate_keys->apply(krot.data(), 1, t);
+            for (int d = 0; d < D; ++d) s += qh[d] * krot[static_cast<std::size_t>(d)];
+          } else {
+            for (int d = 0; d < D; ++d) s += qh[d] * to_float(kt[d]);
+          }
           s *= scale;
           const float m_new = std::max(m, s);
           const float corr = std::exp(m - m_new);  // exp(-inf) = 0 on the first token
