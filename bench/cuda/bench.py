@@ -35,10 +35,12 @@ def load_lib(path):
     vp, i32, sz, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_float
     lib.mlkv_bench_error.restype = ctypes.c_char_p
     lib.mlkv_bench_read.argtypes = [vp, sz, vp, i32, i32, i32, vp]
-    lib.mlkv_bench_decode_workspace.argtypes = [i32] * 6
+    lib.mlkv_bench_decode_workspace.argtypes = [i32] * 7
     lib.mlkv_bench_decode_workspace.restype = ctypes.c_longlong
-    lib.mlkv_bench_decode_splits.argtypes = [i32] * 6
-    lib.mlkv_bench_decode.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, i32, f32, vp, sz, vp]
+    lib.mlkv_bench_decode_splits.argtypes = [i32] * 7
+    lib.mlkv_bench_decode.argtypes = [i32, vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, i32, f32, vp, sz, vp]
+    lib.mlkv_bench_tune.argtypes = [i32, i32]
+    lib.mlkv_bench_tune.restype = None
     lib.mlkv_bench_prefill.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, vp, i32, i32, i32, f32, vp]
     return lib
 
@@ -120,7 +122,7 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
 
 
-def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes):
+def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, variants=None):
     kv_bytes = 2 * batch * hkv * ctx * d * 2
     row = {"geometry": name, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "batch": batch, "context": ctx,
            "kv_bytes": kv_bytes}
@@ -135,17 +137,38 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes):
     out = torch.empty_like(q)
     context = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
     scale = 1.0 / math.sqrt(d)
-    ws_bytes = lib.mlkv_bench_decode_workspace(batch, hkv, ctx, d, hq, ctx)
-    if ws_bytes < 0:
-        raise RuntimeError(lib.mlkv_bench_error().decode())
-    ws = torch.empty(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
-    row["splits"] = lib.mlkv_bench_decode_splits(batch, hkv, ctx, d, hq, ctx)
+    state = {}
+
+    def setup(variant):
+        ws_bytes = lib.mlkv_bench_decode_workspace(variant, batch, hkv, ctx, d, hq, ctx)
+        if ws_bytes < 0:
+            raise RuntimeError(lib.mlkv_bench_error().decode())
+        state["ws_bytes"] = ws_bytes
+        state["ws"] = torch.empty(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
+        state["variant"] = variant
+        return lib.mlkv_bench_decode_splits(variant, batch, hkv, ctx, d, hq, ctx)
 
     def ours(i):
-        check(lib, lib.mlkv_bench_decode(ks[i % sets].data_ptr(), vs[i % sets].data_ptr(), batch, hkv, ctx, d, hq,
-                                         q.data_ptr(), out.data_ptr(), context.data_ptr(), ctx, scale,
-                                         ws.data_ptr(), ws_bytes, stream_ptr()))
+        check(lib, lib.mlkv_bench_decode(state["variant"], ks[i % sets].data_ptr(), vs[i % sets].data_ptr(), batch,
+                                         hkv, ctx, d, hq, q.data_ptr(), out.data_ptr(), context.data_ptr(), ctx,
+                                         scale, state["ws"].data_ptr(), state["ws_bytes"], stream_ptr()))
     q4 = q.view(batch, hq, 1, d)
+    est_us = kv_bytes / (read_tbps * 1e6)
+    n_calls = max(sets, 3, min(2000, math.ceil(2000.0 / max(est_us, 1.0))))
+    n_calls = math.ceil(n_calls / sets) * sets
+    if variants is not None:  # sweep: kernel shapes x forced splits x PDL
+        row["sweep"] = []
+        for variant, force, pdl in variants:
+            lib.mlkv_bench_tune(force, pdl)
+            try:
+                splits = setup(variant)
+                us = time_calls(ours, n_calls)[0]
+                row["sweep"].append({"variant": variant, "force_splits": force, "pdl": pdl, "splits": splits,
+                                     "us": us, "pct_of_read_bw": 100.0 * kv_bytes / us / 1e6 / read_tbps})
+            except RuntimeError as ex:
+                row["sweep"].append({"variant": variant, "force_splits": force, "pdl": pdl, "error": str(ex)[:200]})
+        lib.mlkv_bench_tune(0, 1)
+    row["splits"] = setup(0)
 
     def theirs(i):
         return F.scaled_dot_product_attention(q4, ks[i % sets], vs[i % sets], enable_gqa=True)
@@ -155,9 +178,6 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes):
     ref = theirs(0)
     torch.cuda.synchronize()
     row["max_rel_diff_vs_torch"] = rel_err(out.view(batch, hq, 1, d), ref)
-    est_us = kv_bytes / (read_tbps * 1e6)
-    n_calls = max(sets, 3, min(2000, math.ceil(2000.0 / max(est_us, 1.0))))
-    n_calls = math.ceil(n_calls / sets) * sets
     us, us_min, mode = time_calls(ours, n_calls)
     tus, tus_min, tmode = time_calls(theirs, n_calls)
     row.update({"us": us, "us_min": us_min, "tbps": kv_bytes / us / 1e6,
@@ -210,6 +230,7 @@ def main():
     ap.add_argument("--table", default=None)
     ap.add_argument("--quick", action="store_true", help="a few rows only (development)")
     ap.add_argument("--geoms", default=None, help="comma-separated geometry names to run")
+    ap.add_argument("--sweep", action="store_true", help="decode kernel shapes x splits x PDL on a few rows")
     args = ap.parse_args()
     lib = load_lib(args.lib)
     torch.manual_seed(0)
@@ -228,6 +249,11 @@ def main():
               "torch_sum_tbps": torch_sum, "copy_tbps_read_plus_write": copy,
               "timing": "CUDA graph of many calls, replayed; median of 7 replays; inputs rotated over copies "
                         "until one graph pass reads at least 4x the L2", "decode": [], "prefill": []}
+    if args.sweep:
+        sweep(lib, result, l2, read_tbps)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return 0
     geoms = GEOMS if not args.geoms else [g for g in GEOMS if g[0].split()[0] in args.geoms.split(",")]
     batches, contexts = (BATCHES, CONTEXTS) if not args.quick else ([1, 16, 64], [4096, 32768])
     for name, hq, hkv, d in geoms:
@@ -266,6 +292,34 @@ def main():
         json.dump(result, f, indent=1)
     if args.table:
         write_table(result, args.table)
+
+
+SWEEP_ROWS = [("12:12 d64", 12, 12, 64, 64, 4096), ("12:12 d64", 12, 12, 64, 16, 4096),
+              ("12:1 d64", 12, 1, 64, 64, 32768), ("12:1 d64", 12, 1, 64, 16, 4096), ("12:1 d64", 12, 1, 64, 1, 32768),
+              ("12:4 d64", 12, 4, 64, 16, 32768), ("32:8 d128", 32, 8, 128, 64, 4096),
+              ("32:1 d128", 32, 1, 128, 64, 32768), ("32:1 d128", 32, 1, 128, 16, 4096),
+              ("32:1 d128", 32, 1, 128, 1, 32768)]
+
+
+def sweep(lib, result, l2, read_tbps):
+    result["sweep"] = []
+    for name, hq, hkv, d, b, ctx in SWEEP_ROWS:
+        variants = [(0, 0, 1), (0, 0, 0)]
+        for v in (0, 1, 2, 3):
+            for f in (1, 2, 4, 8, 16, 32, 64, 128):
+                variants.append((v, f, 1))
+        free, _ = torch.cuda.mem_get_info()
+        row = bench_decode(lib, name, hq, hkv, d, b, ctx, l2, read_tbps, free - (2 << 30), variants)
+        result["sweep"].append(row)
+        print("sweep %-9s B%-3d ctx%-5d torch %8.1f us (%4.1f%%) | auto: %8.1f us %4.1f%% (no PDL %8.1f us)" % (
+            name, b, ctx, row["torch_us"], 100.0 * row["kv_bytes"] / row["torch_us"] / 1e6 / read_tbps,
+            row["sweep"][0]["us"], row["sweep"][0]["pct_of_read_bw"], row["sweep"][1]["us"]), flush=True)
+        for v in (0, 1, 2, 3):
+            cells = []
+            for x in row["sweep"][2:]:
+                if x["variant"] == v:
+                    cells.append("%d:%.1f" % (x.get("splits", -1), x["us"]) if "us" in x else "err")
+            print("   v%d  %s" % (v, "  ".join(cells)), flush=True)
 
 
 def write_table(r, path):

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -79,43 +80,116 @@ int mlkv_bench_read(const void* buf, std::size_t bytes, unsigned* sink, int bloc
   });
 }
 
-/// Workspace bytes of mlkv_bench_decode, or -1 (as a signed value) on error.
-long long mlkv_bench_decode_workspace(int batch, int kv_heads, int capacity, int head_dim, int q_heads,
+/// Benchmarking knobs: force the decode split (0: the plan's) and programmatic dependent launch.
+void mlkv_bench_tune(int force_splits, int pdl) {
+  mlkv::cuda::detail::decode_force_splits.store(force_splits);
+  mlkv::cuda::detail::pdl_enabled.store(pdl);
+}
+
+}  // extern "C"
+
+namespace {
+
+/// Decode kernel shapes the benchmark can compare: variant 0 is the library's default.
+template <int D, class F>
+void with_variant(int variant, F&& f) {
+  using namespace mlkv::cuda::detail;
+  if constexpr (D == 64) {
+    switch (variant) {
+      case 0: return f(decode_default_cfg<64>{});
+      case 1: return f(decode_cfg<4, 4>{});
+      case 2: return f(decode_cfg<8, 3>{});
+      case 3: return f(decode_cfg<8, 2>{});
+      default: break;
+    }
+  } else if constexpr (D == 128) {
+    switch (variant) {
+      case 0: return f(decode_default_cfg<128>{});
+      case 1: return f(decode_cfg<4, 2>{});
+      case 2: return f(decode_cfg<8, 2>{});
+      case 3: return f(decode_cfg<4, 4>{});
+      default: break;
+    }
+  } else {
+    if (variant == 0) return f(decode_default_cfg<D>{});
+  }
+  mlkv::detail::fail("decode variant ", variant, " does not exist for head dim ", D);
+}
+
+/// Calls f(D, MT, Cfg) for a decode call's shape and the variant.
+template <class F>
+void with_decode(int head_dim, int kv_heads, int q_heads, int variant, F&& f) {
+  const int group = q_heads / kv_heads;
+  mlkv::cuda::detail::with_head_dim(head_dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    with_variant<D>(variant, [&](auto cfg) {
+      if (group <= 16) {
+        f(d, std::integral_constant<int, 1>{}, cfg);
+      } else {
+        f(d, std::integral_constant<int, 2>{}, cfg);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+/// Workspace bytes of mlkv_bench_decode, or -1 on error.
+long long mlkv_bench_decode_workspace(int variant, int batch, int kv_heads, int capacity, int head_dim, int q_heads,
                                       int max_context) {
   long long r = -1;
   const int rc = guarded([&] {
-    // The plan needs only the shape: any aligned non-null pointers will do here.
-    static const uint4 dummy{};
+    static const uint4 dummy{};  // the plan needs only the shape and aligned non-null pointers
     const auto view = view_of(&dummy, &dummy, batch, kv_heads, capacity, head_dim);
-    r = static_cast<long long>(mlkv::cuda::decode_workspace_bytes(
-        view, q_heads, mlkv::cuda::attention_batch::decode(batch, nullptr, max_context)));
+    const auto ab = mlkv::cuda::attention_batch::decode(batch, nullptr, max_context);
+    mlkv::cuda::detail::check_workspace_args(view, q_heads, ab);
+    with_decode(head_dim, kv_heads, q_heads, variant, [&](auto d, auto mt, auto cfg) {
+      r = static_cast<long long>(mlkv::cuda::detail::make_decode_plan<mlkv::bf16, decltype(d)::value, decltype(mt)::value,
+                                                                      decltype(cfg)>(view, q_heads, ab)
+                                     .workspace);
+    });
   });
   return rc == 0 ? r : -1;
 }
 
 /// The decode split (splits per sequence x KV head x head block) the plan picks, or -1.
-int mlkv_bench_decode_splits(int batch, int kv_heads, int capacity, int head_dim, int q_heads, int max_context) {
+int mlkv_bench_decode_splits(int variant, int batch, int kv_heads, int capacity, int head_dim, int q_heads,
+                             int max_context) {
   int r = -1;
   guarded([&] {
     static const uint4 dummy{};
     const auto view = view_of(&dummy, &dummy, batch, kv_heads, capacity, head_dim);
     const auto ab = mlkv::cuda::attention_batch::decode(batch, nullptr, max_context);
-    r = mlkv::cuda::detail::with_decode_config(view, q_heads, [&](auto d, auto mt) {
-      return mlkv::cuda::detail::make_decode_plan<mlkv::bf16, decltype(d)::value, decltype(mt)::value>(view, q_heads, ab)
-          .splits;
+    with_decode(head_dim, kv_heads, q_heads, variant, [&](auto d, auto mt, auto cfg) {
+      r = mlkv::cuda::detail::make_decode_plan<mlkv::bf16, decltype(d)::value, decltype(mt)::value, decltype(cfg)>(
+              view, q_heads, ab)
+              .splits;
     });
   });
   return r;
 }
 
-int mlkv_bench_decode(const void* k, const void* v, int batch, int kv_heads, int capacity, int head_dim, int q_heads,
-                      const void* q, void* out, const std::int32_t* context, int max_context, float scale,
+/// Decode through the public launcher (variant 0) or another kernel shape.
+int mlkv_bench_decode(int variant, const void* k, const void* v, int batch, int kv_heads, int capacity, int head_dim,
+                      int q_heads, const void* q, void* out, const std::int32_t* context, int max_context, float scale,
                       void* workspace, std::size_t workspace_bytes, void* stream) {
   return guarded([&] {
-    mlkv::cuda::decode_attention(view_of(k, v, batch, kv_heads, capacity, head_dim), q_heads,
-                                 static_cast<const mlkv::bf16*>(q), static_cast<mlkv::bf16*>(out),
-                                 mlkv::cuda::attention_batch::decode(batch, context, max_context), scale, workspace,
-                                 workspace_bytes, static_cast<cudaStream_t>(stream));
+    const auto view = view_of(k, v, batch, kv_heads, capacity, head_dim);
+    const auto ab = mlkv::cuda::attention_batch::decode(batch, context, max_context);
+    const auto* qq = static_cast<const mlkv::bf16*>(q);
+    auto* oo = static_cast<mlkv::bf16*>(out);
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (variant == 0) {
+      mlkv::cuda::decode_attention(view, q_heads, qq, oo, ab, scale, workspace, workspace_bytes, s);
+      return;
+    }
+    mlkv::cuda::detail::check_decode_args(view, q_heads, qq, oo, ab, scale);
+    with_decode(head_dim, kv_heads, q_heads, variant, [&](auto d, auto mt, auto cfg) {
+      mlkv::cuda::detail::decode_launch<mlkv::bf16, decltype(d)::value, decltype(mt)::value, decltype(cfg)>(
+          view, q_heads, qq, oo, ab, scale, workspace, workspace_bytes, s);
+    });
   });
 }
 

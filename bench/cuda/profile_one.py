@@ -20,10 +20,11 @@ if kind == "decode":
     q = torch.randn(b, hq, d, dtype=torch.bfloat16, device="cuda")
     out = torch.empty_like(q)
     c = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
-    ws_bytes = lib.mlkv_bench_decode_workspace(b, hkv, ctx, d, hq, ctx)
+    variant = int(sys.argv[8]) if len(sys.argv) > 8 else 0
+    ws_bytes = lib.mlkv_bench_decode_workspace(variant, b, hkv, ctx, d, hq, ctx)
     ws = torch.empty(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
     for _ in range(2):
-        bench.check(lib, lib.mlkv_bench_decode(k.data_ptr(), v.data_ptr(), b, hkv, ctx, d, hq, q.data_ptr(),
+        bench.check(lib, lib.mlkv_bench_decode(variant, k.data_ptr(), v.data_ptr(), b, hkv, ctx, d, hq, q.data_ptr(),
                                                out.data_ptr(), c.data_ptr(), ctx, scale, ws.data_ptr(), ws_bytes, sp()))
         F.scaled_dot_product_attention(q.view(b, hq, 1, d), k, v, enable_gqa=True)
 else:

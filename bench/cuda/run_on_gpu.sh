@@ -21,14 +21,20 @@ step() { echo "== $1 ($(date +%T))"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader \
   | tee "$OUT/gpu.txt"
 
-# The build reads a snapshot of the tree without the other areas' tests and benchmarks (cpu, paged,
-# model): work in progress there must not stop this run. mtimes are kept, so rebuilds are incremental.
+# The build reads a snapshot of the tree without the other areas' test and benchmark folders
+# (cpu, paged, model, ...): work in progress there must not stop this run. mtimes are kept, so
+# rebuilds are incremental.
 SRC=${MLKV_SRC:-/tmp/mlkv_cuda_src}
 if has build; then
   step build
-  rm -rf "$SRC" && mkdir -p "$SRC" &&
-    tar -cf - --exclude=./build --exclude='./build-*' --exclude=./.git --exclude=./tests/cpu --exclude=./tests/paged \
-      --exclude=./tests/model --exclude=./bench/cpu --exclude=./bench/paged --exclude=./bench/model . | tar -xf - -C "$SRC"
+  excl=(--exclude=./build --exclude='./build-*' --exclude=./.git)
+  for d in tests/*/ bench/*/; do
+    case "${d%/}" in
+      tests/cuda | tests/compile_fail | tests/consumer | tests/data | bench/cuda | bench/results) ;;
+      *) excl+=("--exclude=./${d%/}") ;;
+    esac
+  done
+  rm -rf "$SRC" && mkdir -p "$SRC" && tar -cf - "${excl[@]}" . | tar -xf - -C "$SRC"
   cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON \
     -DMLKV_BUILD_EXAMPLES=OFF >"$OUT/build.log" 2>&1 &&
     cmake --build "$BUILD" --target test_cuda mlkv_cuda_bench -j"$(nproc)" >>"$OUT/build.log" 2>&1

@@ -11,10 +11,11 @@
 ///    log-sum-exp in a second small kernel, started early with programmatic dependent launch;
 ///    the split is chosen on the host from the batch, the group and the device, never from the
 ///    device-side lengths;
-///  - K/V tiles stream through a 3-6 stage cp.async pipeline of 16-byte copies (L2 only), two
-///    CTAs per multiprocessor, so 100+ KB per SM are in flight.
-/// Inside a CTA, each of the 4 warps takes 16 tokens of every 64-token tile, keeps its own online
-/// softmax (Milakov & Gimelshein 2018) and the warps merge through shared memory at the end.
+///  - K/V tiles stream through a multi-stage cp.async pipeline of 16-byte copies (L2 only), so
+///    100+ KB per SM are in flight.
+/// Inside a CTA, each warp takes 16 tokens of every tile (16 x warps tokens), keeps its own online
+/// softmax (Milakov & Gimelshein 2018), and the warps merge pairwise through shared memory at the
+/// end. The warps and stages per CTA are a compile-time config (decode_cfg).
 
 #include <cuda_runtime.h>
 
@@ -30,20 +31,27 @@
 namespace mlkv::cuda {
 namespace detail {
 
-inline constexpr int decode_threads = 128;   // 4 warps
-inline constexpr int decode_tile = 64;       // tokens per pipeline stage, 16 per warp
 inline constexpr int decode_max_splits = 256;
+inline constexpr int combine_threads = 128;
 
-/// Pipeline depth per head dim: about 110 KB of shared memory, so that two CTAs fit an SM.
+/// A decode kernel shape: warps per CTA (each takes 16 tokens of a tile) and pipeline stages.
+template <int Warps, int Stages>
+struct decode_cfg {
+  static constexpr int warps = Warps, stages = Stages, threads = 32 * Warps, tile = 16 * Warps;
+};
+/// The default shape per head dim: about 110 KB of shared memory, two CTAs per SM.
 template <int D>
-__host__ __device__ constexpr int decode_stages() {
-  return D <= 64 ? 6 : D <= 96 ? 4 : 3;
-}
-template <int D, int MT>
+using decode_default_cfg = decode_cfg<4, D <= 64 ? 6 : D <= 96 ? 4 : 3>;
+
+template <int D, int MT, class Cfg>
 __host__ __device__ constexpr std::size_t decode_smem_bytes() {
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads 8 rows without bank conflicts
-  return (static_cast<std::size_t>(16 * MT) * LD + 2u * decode_stages<D>() * decode_tile * LD) * 2u;
+  return (static_cast<std::size_t>(16 * MT) * LD + 2u * Cfg::stages * Cfg::tile * LD) * 2u;
 }
+
+/// Benchmarking knobs (bench/cuda only): force the number of splits (0: the plan's), and turn
+/// programmatic dependent launch off (pdl_enabled in common.cuh).
+inline std::atomic<int> decode_force_splits{0};
 
 template <class T, class View>
 struct decode_params {
@@ -54,7 +62,7 @@ struct decode_params {
   int q_heads;
   int group;        // query heads per KV head
   int head_blocks;  // blocks of 16*MT heads per KV head
-  int chunk;        // tokens per split (multiple of decode_tile)
+  int chunk;        // tokens per split (multiple of the tile)
   int max_splits;   // splits per (sequence, KV head, head block)
   float scale_log2; // softmax scale * log2(e)
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
@@ -67,14 +75,16 @@ __device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>&
 }
 
 /// One CTA per (split, KV head x head block, sequence).
-template <class T, int D, int MT, class View>
-__global__ void __launch_bounds__(decode_threads) decode_split_kernel(const decode_params<T, View> p) {
-  constexpr int RB = 16 * MT, N = decode_tile, LD = D + 8, ST = decode_stages<D>(), CH = D / 8;
+template <class T, int D, int MT, class Cfg, class View>
+__global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode_params<T, View> p) {
+  constexpr int RB = 16 * MT, N = Cfg::tile, LD = D + 8, ST = Cfg::stages, CH = D / 8, NT = Cfg::threads;
+  constexpr int W = Cfg::warps;
+  static_assert(W == 1 || W == 2 || W == 4 || W == 8, "mlkv: decode warps must be 1, 2, 4 or 8");
+  static_assert((W / 2) * RB * (D + 2) * 4 <= 2 * ST * N * LD * 2, "mlkv: the warp merge must fit the pipeline");
   extern __shared__ __align__(16) unsigned char smem[];
   std::uint16_t* const sQ = reinterpret_cast<std::uint16_t*>(smem);  // [RB][LD]
   std::uint16_t* const sK = sQ + RB * LD;                            // [ST][N][LD]
   std::uint16_t* const sV = sK + ST * N * LD;                        // [ST][N][LD]
-  __shared__ float s_m[4][RB], s_l[4][RB];
 
   pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -87,7 +97,7 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
     // Out-of-range length: this sequence's rows become NaN, nothing is read.
     if (split == 0) {
       uint4* o = reinterpret_cast<uint4*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head0) * D);
-      for (int e = tid; e < nh * CH; e += decode_threads) o[e] = nan_vec<T>();
+      for (int e = tid; e < nh * CH; e += NT) o[e] = nan_vec<T>();
     }
     return;
   }
@@ -100,7 +110,7 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
   // Q rows of this head block (zero rows past the group).
   {
     const T* qb = p.q + (static_cast<std::size_t>(b) * p.q_heads + head0) * D;
-    for (int e = tid; e < RB * CH; e += decode_threads) {
+    for (int e = tid; e < RB * CH; e += NT) {
       const int r = e / CH, c = e - r * CH;
       cp_async_16(smem_addr(sQ + r * LD + c * 8), qb + (r < nh ? r : 0) * D + c * 8, r < nh);
     }
@@ -110,8 +120,8 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
   auto load_tile = [&](int tile, int stage) {
     const int base = t0 + tile * N;
 #pragma unroll
-    for (int it = 0; it < N * CH / decode_threads; ++it) {
-      const int e = tid + it * decode_threads;
+    for (int it = 0; it < N * CH / NT; ++it) {
+      const int e = tid + it * NT;
       const int r = e / CH, c = e - r * CH;
       const int tok = base + r;
       const bool ok = tok < t1;
@@ -234,53 +244,89 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
     }
   }
   cp_async_wait<0>();
-  __syncthreads();  // the pipeline's shared memory is free: reuse it to merge the warps
 
-  float* const s_o = reinterpret_cast<float*>(sK);  // [4][RB][D]
+  // Row sums over the quad (the 4 lanes that share a row).
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float lt = l[mt][h];
-      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-      const int row = mt * 16 + (lane >> 2) + h * 8;
-      if ((lane & 3) == 0) {
-        s_m[warp][row] = m[mt][h];
-        s_l[warp][row] = lt;
-      }
+      l[mt][h] += __shfl_xor_sync(0xffffffffu, l[mt][h], 1);
+      l[mt][h] += __shfl_xor_sync(0xffffffffu, l[mt][h], 2);
+    }
+  }
+  // Merge the warps pairwise through the pipeline's shared memory (free now): log2(W) rounds.
+  float* const s_o = reinterpret_cast<float*>(sK);  // [W/2][RB][D]
+  float* const s_ml = s_o + (W / 2) * RB * D;       // [W/2][RB][2]
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<float2*>(s_o + (warp * RB + row) * D + dt * 8 + 2 * (lane & 3)) =
-            make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+  for (int active = W / 2; active >= 1; active /= 2) {
+    __syncthreads();  // the previous round's (or the pipeline's) reads are done
+    if (warp >= active && warp < 2 * active) {
+      const int slot = warp - active;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = mt * 16 + (lane >> 2) + h * 8;
+          if ((lane & 3) == 0) {
+            s_ml[(slot * RB + row) * 2] = m[mt][h];
+            s_ml[(slot * RB + row) * 2 + 1] = l[mt][h];
+          }
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            *reinterpret_cast<float2*>(s_o + (slot * RB + row) * D + dt * 8 + 2 * (lane & 3)) =
+                make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (warp < active) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = mt * 16 + (lane >> 2) + h * 8;
+          const float pm = s_ml[(warp * RB + row) * 2], pl = s_ml[(warp * RB + row) * 2 + 1];
+          const float mm = fmaxf(m[mt][h], pm);
+          const float fa = m[mt][h] == -INFINITY ? 0.f : fast_exp2(m[mt][h] - mm);
+          const float fb = pm == -INFINITY ? 0.f : fast_exp2(pm - mm);
+          m[mt][h] = mm;
+          l[mt][h] = l[mt][h] * fa + pl * fb;
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            const float2 x = *reinterpret_cast<const float2*>(s_o + (warp * RB + row) * D + dt * 8 + 2 * (lane & 3));
+            o[mt][dt][2 * h] = o[mt][dt][2 * h] * fa + x.x * fb;
+            o[mt][dt][2 * h + 1] = o[mt][dt][2 * h + 1] * fa + x.y * fb;
+          }
+        }
       }
     }
   }
-  __syncthreads();
-
-  const std::size_t item = static_cast<std::size_t>(b) * gridDim.y + blockIdx.y;
-  for (int e = tid; e < nh * (D / 2); e += decode_threads) {
-    const int r = e / (D / 2), c = (e - r * (D / 2)) * 2;
-    float mm = s_m[0][r];
+  if (warp == 0) {
+    const std::size_t slot = (static_cast<std::size_t>(b) * gridDim.y + blockIdx.y) * static_cast<std::size_t>(p.max_splits) +
+                             static_cast<std::size_t>(split);
 #pragma unroll
-    for (int w = 1; w < 4; ++w) mm = fmaxf(mm, s_m[w][r]);
-    float L = 0.f, ox = 0.f, oy = 0.f;
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float f = s_m[w][r] == -INFINITY ? 0.f : fast_exp2(s_m[w][r] - mm);
-      L += f * s_l[w][r];
-      const float2 x = *reinterpret_cast<const float2*>(s_o + (w * RB + r) * D + c);
-      ox += f * x.x;
-      oy += f * x.y;
-    }
-    const float inv = 1.f / L;
-    if (nsplit == 1) {
-      *reinterpret_cast<std::uint32_t*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head0 + r) * D + c) =
-          pack2<T>(ox * inv, oy * inv);
-    } else {
-      const std::size_t slot = item * static_cast<std::size_t>(p.max_splits) + static_cast<std::size_t>(split);
-      *reinterpret_cast<float2*>(p.part_o + (slot * RB + r) * D + c) = make_float2(ox * inv, oy * inv);
-      if (c == 0) p.part_lse[slot * RB + r] = mm + __log2f(L);
+      for (int h = 0; h < 2; ++h) {
+        const int row = mt * 16 + (lane >> 2) + h * 8;
+        if (row >= nh) continue;
+        const float inv = 1.f / l[mt][h];  // l >= 1: the row's maximum weighs exactly 1
+        if (nsplit == 1) {
+          T* dst = p.out + (static_cast<std::size_t>(b) * p.q_heads + head0 + row) * D + 2 * (lane & 3);
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            *reinterpret_cast<std::uint32_t*>(dst + dt * 8) = pack2<T>(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+          }
+        } else {
+          float* dst = p.part_o + (slot * RB + row) * D + 2 * (lane & 3);
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+          }
+          if ((lane & 3) == 0) p.part_lse[slot * RB + row] = m[mt][h] + __log2f(l[mt][h]);
+        }
+      }
     }
   }
   pdl_launch_dependents();
@@ -290,11 +336,11 @@ __global__ void __launch_bounds__(decode_threads) decode_split_kernel(const deco
 /// w_s = 2^(lse_s - max) / sum. One CTA per head row; threads split D into float4 columns and the
 /// splits among groups, so every split's row is read with one 16-byte load in parallel.
 template <class T, int D, int MT, class View>
-__global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const decode_params<T, View> p) {
-  constexpr int RB = 16 * MT, C4 = D / 4, G = decode_threads / C4;
+__global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const decode_params<T, View> p) {
+  constexpr int RB = 16 * MT, C4 = D / 4, G = combine_threads / C4;
   __shared__ float s_w[decode_max_splits];
-  __shared__ float s_red[decode_threads / 32];
-  __shared__ float4 s_acc[decode_threads];
+  __shared__ float s_red[combine_threads / 32];
+  __shared__ float4 s_acc[combine_threads];
   pdl_wait();  // the split kernel's partials are complete and visible
   pdl_launch_dependents();  // the next kernel may start launching; it waits for us before reading
 
@@ -313,7 +359,7 @@ __global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const de
   const std::size_t slot0 = static_cast<std::size_t>(item) * static_cast<std::size_t>(p.max_splits);
 
   float mx = -INFINITY;
-  for (int s = tid; s < nsplit; s += decode_threads) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
+  for (int s = tid; s < nsplit; s += combine_threads) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   if (lane == 0) s_red[warp] = mx;
@@ -321,7 +367,7 @@ __global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const de
   mx = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
   __syncthreads();
   float sum = 0.f;
-  for (int s = tid; s < nsplit; s += decode_threads) {
+  for (int s = tid; s < nsplit; s += combine_threads) {
     const float w = fast_exp2(p.part_lse[(slot0 + s) * RB + r] - mx);
     s_w[s] = w;
     sum += w;
@@ -365,39 +411,36 @@ __global__ void __launch_bounds__(decode_threads) decode_combine_kernel(const de
 }
 
 /// The device's multiprocessors and the resident CTAs per multiprocessor of a kernel, computed
-/// once per device (outside any stream capture when the first call is not captured).
-struct detail_occupancy {
-  int sms = 0, ctas = 0, cc = 0;
+/// once per device (the first call should not be inside a stream capture, though the calls it
+/// makes are legal there too).
+struct kernel_occupancy {
+  int sms = 0, ctas = 0;
 };
-template <class T, int D, int MT, class View>
-detail_occupancy decode_occupancy() {
-  // Packed (sms << 32 | ctas << 16 | cc), 0 until computed; atomics keep concurrent callers safe.
-  static std::atomic<std::uint64_t> cache[16];
+template <class T, int D, int MT, class Cfg, class View>
+kernel_occupancy decode_occupancy() {
+  // Packed (sms << 16 | ctas), 0 until computed; atomics keep concurrent callers safe.
+  static std::atomic<std::uint32_t> cache[16];
   int dev = 0;
   MLKV_CUDA_CHECK(cudaGetDevice(&dev));
   const bool cached = dev >= 0 && dev < 16;
   if (cached) {
-    const std::uint64_t c = cache[dev].load(std::memory_order_relaxed);
-    if (c != 0) return {static_cast<int>(c >> 32), static_cast<int>((c >> 16) & 0xffffu), static_cast<int>(c & 0xffffu)};
+    const std::uint32_t c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return {static_cast<int>(c >> 16), static_cast<int>(c & 0xffffu)};
   }
-  detail_occupancy o;
-  device_info(o.sms, o.cc);
-  const auto kernel = decode_split_kernel<T, D, MT, View>;
-  constexpr std::size_t smem = decode_smem_bytes<D, MT>();
+  kernel_occupancy o;
+  int cc = 0;
+  device_info(o.sms, cc);
+  const auto kernel = decode_split_kernel<T, D, MT, Cfg, View>;
+  constexpr std::size_t smem = decode_smem_bytes<D, MT, Cfg>();
   MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  MLKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.ctas, kernel, decode_threads, smem));
+  MLKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.ctas, kernel, Cfg::threads, smem));
   MLKV_CHECK(o.ctas >= 1, "decode kernel does not fit a multiprocessor (", smem, " bytes of shared memory)");
-  if (cached) {
-    cache[dev].store(static_cast<std::uint64_t>(o.sms) << 32 | static_cast<std::uint64_t>(o.ctas) << 16 |
-                         static_cast<std::uint64_t>(o.cc),
-                     std::memory_order_relaxed);
-  }
+  if (cached) cache[dev].store(static_cast<std::uint32_t>(o.sms) << 16 | static_cast<std::uint32_t>(o.ctas), std::memory_order_relaxed);
   return o;
 }
 
 /// The launch shape of a decode call, a pure function of the host-side arguments and the device.
 struct decode_plan {
-  int mt = 1;           // 16-row tiles per head block (1 or 2)
   int head_blocks = 1;  // head blocks per KV head
   int chunk = 0;        // tokens per split
   int splits = 1;       // splits per (sequence, KV head, head block)
@@ -407,29 +450,29 @@ struct decode_plan {
 
 /// Chooses the split from a small model of an H100 (it only ranks candidates; the ranking holds
 /// on an H200):
-///  - the device streams bw = 25 GB/s per SM; a CTA alone at most cta_bw, (stages - 1) tiles
-///    turning over every ~3 us (measured, v1);
+///  - the device streams bw = 25 GB/s per SM; a CTA alone at most cta_bw, its (stages - 1)
+///    tiles in flight turning over every ~3 us (measured, v1);
 ///  - with more CTAs than resident slots, the last CTAs drain alone: the tail costs about half a
 ///    CTA's duration at full load (measured, v1: 768 CTAs of 1 MB lost 12% of the run to it);
-///  - a split writes and re-reads its f32 partial rows and adds the combine kernel (~1 us with
-///    programmatic dependent launch).
-template <class T, int D, int MT, class View>
+///  - a split writes and re-reads its f32 partial rows, and adds the combine kernel, whose CTAs
+///    (one per head row) each read one partial row per split.
+template <class T, int D, int MT, class Cfg, class View>
 decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch& ab) {
   decode_plan pl;
   const int group = q_heads / kv.kv_heads;
-  pl.mt = MT;
   pl.head_blocks = (group + 16 * MT - 1) / (16 * MT);
   pl.items = static_cast<std::size_t>(ab.batch) * static_cast<std::size_t>(kv.kv_heads) *
              static_cast<std::size_t>(pl.head_blocks);
-  const int tiles = (ab.max_context + decode_tile - 1) / decode_tile;
-  const detail_occupancy occ = decode_occupancy<T, D, MT, View>();
+  const int tiles = (ab.max_context + Cfg::tile - 1) / Cfg::tile;
+  const kernel_occupancy occ = decode_occupancy<T, D, MT, Cfg, View>();
   const double slots = static_cast<double>(occ.sms) * occ.ctas;
   const double bw = 25.0e3 * occ.sms;  // bytes per microsecond
-  const double tile_bytes = 2.0 * decode_tile * D * sizeof(T);
-  const double cta_bw = (decode_stages<D>() - 1) * tile_bytes / 3.0;
+  const double tile_bytes = 2.0 * Cfg::tile * D * sizeof(T);
+  const double cta_bw = (Cfg::stages - 1) * tile_bytes / 3.0;
   const double rows = group < 16 * MT ? group : 16 * MT;
   const double total = static_cast<double>(pl.items) * tiles * tile_bytes;
   const int max_s = tiles < decode_max_splits ? tiles : decode_max_splits;
+  const int forced = decode_force_splits.load(std::memory_order_relaxed);
   double best = 1e300;
   for (int s = 1; s <= max_s; ++s) {
     const int ct = (tiles + s - 1) / s;
@@ -443,11 +486,12 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
     } else {
       t += total / bw + 0.5 * cta_bytes * slots / bw;
     }
-    if (se > 1) t += 1.0 + 2.0 * n * rows * D * sizeof(float) / bw;
-    if (t < best * 0.995) {
+    if (se > 1) t += 1.5 + 2.0 * n * rows * D * sizeof(float) / bw + se * D * sizeof(float) / 20.0e3;
+    if (forced > 0) t = se >= forced ? se - forced : 1e6 + (forced - se);  // nearest at or above, else largest
+    if (t < best * 0.995 || (forced > 0 && t < best)) {
       best = t;
       pl.splits = se;
-      pl.chunk = ct * decode_tile;
+      pl.chunk = ct * Cfg::tile;
     }
   }
   if (pl.splits > 1) {
@@ -457,6 +501,7 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
   return pl;
 }
 
+/// Calls f(D, MT) for the head dim and the tile rows (16 or 32 query heads per CTA) of a call.
 template <class View, class F>
 decltype(auto) with_decode_config(const View& kv, int q_heads, F&& f) {
   const int group = q_heads / kv.kv_heads;
@@ -478,6 +523,52 @@ void check_decode_args(const View& kv, int q_heads, const typename View::value_t
              ") must be at most 65535");
 }
 
+template <class View>
+void check_workspace_args(const View& kv, int q_heads, const attention_batch& ab) {
+  check_view(kv);
+  MLKV_CHECK(q_heads >= 1 && kv.kv_heads >= 1 && q_heads % kv.kv_heads == 0, "query heads (", q_heads,
+             ") must be a positive multiple of KV heads (", kv.kv_heads, ")");
+  MLKV_CHECK(ab.max_context >= 1 && ab.max_context <= host_capacity(kv), "max context (", ab.max_context,
+             ") must be in [1, ", host_capacity(kv), "] (the view's capacity)");
+}
+
+/// Plans and launches one decode call with kernel shape Cfg (decode_attention uses the default).
+template <class T, int D, int MT, class Cfg, class View>
+void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attention_batch& ab, float scale,
+                   void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+  const decode_plan pl = make_decode_plan<T, D, MT, Cfg>(kv, q_heads, ab);
+  MLKV_CHECK(workspace_bytes >= pl.workspace, "decode workspace holds ", workspace_bytes, " bytes; this call needs ",
+             pl.workspace, " (decode_workspace_bytes)");
+  MLKV_CHECK(pl.workspace == 0 || (workspace != nullptr && aligned16(workspace)),
+             "decode workspace must be a 16-byte aligned device pointer");
+  decode_params<T, View> p{};
+  p.kv = kv;
+  p.q = q;
+  p.out = out;
+  p.context = ab.context;
+  p.q_heads = q_heads;
+  p.group = q_heads / kv.kv_heads;
+  p.head_blocks = pl.head_blocks;
+  p.chunk = pl.chunk;
+  p.max_splits = pl.splits;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  p.part_o = static_cast<float*>(workspace);
+  p.part_lse = pl.workspace != 0
+                   ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
+                   : nullptr;
+  // Both kernels wait (griddepcontrol.wait) before their first global access, so they may be
+  // launched while the previous kernel of the stream finishes: its launch latency is hidden.
+  launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>,
+             dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
+                  static_cast<unsigned>(ab.batch)),
+             dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, p);
+  if (pl.splits > 1) {
+    MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
+    launch_pdl(decode_combine_kernel<T, D, MT, View>, dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT)),
+               dim3(combine_threads), 0, stream, p);
+  }
+}
+
 }  // namespace detail
 
 /// Bytes of device workspace decode_attention needs for these arguments on the current device
@@ -486,14 +577,12 @@ template <class View>
 std::size_t decode_workspace_bytes(const View& kv, int q_heads, const attention_batch& ab) {
   using T = typename View::value_type;
   static_assert(is_cuda_storage_v<T>, "mlkv: CUDA caches store mlkv::f16 or mlkv::bf16");
-  detail::check_view(kv);
-  MLKV_CHECK(q_heads >= 1 && kv.kv_heads >= 1 && q_heads % kv.kv_heads == 0, "query heads (", q_heads,
-             ") must be a positive multiple of KV heads (", kv.kv_heads, ")");
-  MLKV_CHECK(ab.max_context >= 1 && ab.max_context <= detail::host_capacity(kv), "max context (", ab.max_context,
-             ") must be in [1, ", detail::host_capacity(kv), "] (the view's capacity)");
+  detail::check_workspace_args(kv, q_heads, ab);
   if (ab.batch <= 0) return 0;
   return detail::with_decode_config(kv, q_heads, [&](auto d, auto mt) {
-    return detail::make_decode_plan<T, decltype(d)::value, decltype(mt)::value>(kv, q_heads, ab).workspace;
+    constexpr int D = decltype(d)::value;
+    return detail::make_decode_plan<T, D, decltype(mt)::value, detail::decode_default_cfg<D>>(kv, q_heads, ab)
+        .workspace;
   });
 }
 
@@ -514,39 +603,9 @@ void decode_attention(const View& kv, int q_heads, const typename View::value_ty
   detail::check_decode_args(kv, q_heads, q, out, ab, scale);
   if (ab.batch == 0) return;
   detail::with_decode_config(kv, q_heads, [&](auto d, auto mt) {
-    constexpr int D = decltype(d)::value, MT = decltype(mt)::value;
-    const detail::decode_plan pl = detail::make_decode_plan<T, D, MT>(kv, q_heads, ab);
-    MLKV_CHECK(workspace_bytes >= pl.workspace, "decode workspace holds ", workspace_bytes, " bytes; this call needs ",
-               pl.workspace, " (decode_workspace_bytes)");
-    MLKV_CHECK(pl.workspace == 0 || (workspace != nullptr && detail::aligned16(workspace)),
-               "decode workspace must be a 16-byte aligned device pointer");
-    detail::decode_params<T, View> p{};
-    p.kv = kv;
-    p.q = q;
-    p.out = out;
-    p.context = ab.context;
-    p.q_heads = q_heads;
-    p.group = q_heads / kv.kv_heads;
-    p.head_blocks = pl.head_blocks;
-    p.chunk = pl.chunk;
-    p.max_splits = pl.splits;
-    p.scale_log2 = scale * 1.4426950408889634f;
-    p.part_o = static_cast<float*>(workspace);
-    p.part_lse = pl.workspace != 0
-                     ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
-                     : nullptr;
-    // Both kernels wait (griddepcontrol.wait) before their first global access, so they may be
-    // launched while the previous kernel of the stream finishes: its launch latency is hidden.
-    detail::launch_pdl(detail::decode_split_kernel<T, D, MT, View>,
-                       dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
-                            static_cast<unsigned>(ab.batch)),
-                       dim3(detail::decode_threads), detail::decode_smem_bytes<D, MT>(), stream, p);
-    if (pl.splits > 1) {
-      MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
-      detail::launch_pdl(detail::decode_combine_kernel<T, D, MT, View>,
-                         dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT)),
-                         dim3(detail::decode_threads), 0, stream, p);
-    }
+    constexpr int D = decltype(d)::value;
+    detail::decode_launch<T, D, decltype(mt)::value, detail::decode_default_cfg<D>>(kv, q_heads, q, out, ab, scale,
+                                                                                   workspace, workspace_bytes, stream);
   });
 }
 
