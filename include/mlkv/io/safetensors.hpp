@@ -14,6 +14,9 @@
 /// offending numbers. Tensor bytes are never reinterpreted in place (they may be unaligned):
 /// reads copy and convert.
 ///
+/// A file opened with open() is mapped, not read: it must not be truncated or rewritten in place
+/// while open (writers here replace files by rename, which is safe).
+///
 /// The writer orders tensors by element size (largest first) and pads the header with spaces
 /// to a multiple of 8 bytes, so every tensor is aligned to its element size in the file.
 
