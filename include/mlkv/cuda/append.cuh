@@ -119,7 +119,8 @@ void append_kv(const View& kv, const In* k, const In* v, const attention_batch& 
   MLKV_CHECK(ab.context != nullptr, "context lengths are null");
   MLKV_CHECK(k != nullptr && v != nullptr, "K or V rows are null");
   const dim3 grid(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(ab.batch));
-  detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, kv, k, v, ab, ra);
+  detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, /*programmatic=*/false, kv, k, v,
+                     ab, ra);
 }
 
 }  // namespace mlkv::cuda

@@ -146,12 +146,12 @@ inline int device_cc() {
 /// Benchmarking knob (bench/cuda only): 0 turns programmatic dependent launch off.
 inline std::atomic<int> pdl_enabled{1};
 
-/// Launches `kernel` on `stream`, with programmatic dependent launch on sm_90 and later: the
-/// kernel may start while the previous kernel of the stream finishes, so every kernel launched
-/// this way calls pdl_wait() before its first global memory access.
+/// Launches `kernel` on `stream`; with `programmatic`, on sm_90 and later, with programmatic
+/// dependent launch: the kernel may start while the previous kernel of the stream finishes, so it
+/// must call pdl_wait() before its first global memory access (every mlkv kernel does).
 template <class... Params, class... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                Args&&... args) {
+                bool programmatic, Args&&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -161,7 +161,7 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t sm
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = device_cc() >= 90 && pdl_enabled.load(std::memory_order_relaxed) != 0 ? 1 : 0;
+  cfg.numAttrs = programmatic && device_cc() >= 90 && pdl_enabled.load(std::memory_order_relaxed) != 0 ? 1 : 0;
   MLKV_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 

@@ -39,9 +39,10 @@ template <int Warps, int Stages>
 struct decode_cfg {
   static constexpr int warps = Warps, stages = Stages, threads = 32 * Warps, tile = 16 * Warps;
 };
-/// The default shape per head dim: about 110 KB of shared memory, two CTAs per SM.
+/// The default shape per head dim (bench/cuda sweep, NOTES.md v3): head dim 64, 8 warps x 2 stages
+/// of 128 tokens (74 KB, three CTAs per SM); larger head dims, 4 warps x 3-4 stages of 64 tokens.
 template <int D>
-using decode_default_cfg = decode_cfg<4, D <= 64 ? 6 : D <= 96 ? 4 : 3>;
+using decode_default_cfg = std::conditional_t<D <= 64, decode_cfg<8, 2>, decode_cfg<4, D <= 96 ? 4 : 3>>;
 
 template <int D, int MT, class Cfg>
 __host__ __device__ constexpr std::size_t decode_smem_bytes() {
@@ -332,26 +333,24 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   pdl_launch_dependents();
 }
 
-/// Merges the splits of one (sequence, KV head x head block, head): out = sum_s w_s O_s with
-/// w_s = 2^(lse_s - max) / sum. One CTA per head row; threads split D into float4 columns and the
-/// splits among groups, so every split's row is read with one 16-byte load in parallel.
+/// Merges the splits of one (sequence, KV head x head block, head row): out = sum_s w_s O_s with
+/// w_s = 2^(lse_s - max) / sum. One warp per head row, four rows per CTA, one CTA row block per
+/// work item (no CTA for the padding rows of a tile); the lanes split D into float4 columns, and
+/// the splits when D / 4 < 32.
 template <class T, int D, int MT, class View>
-__global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const decode_params<T, View> p) {
-  constexpr int RB = 16 * MT, C4 = D / 4, G = combine_threads / C4;
-  __shared__ float s_w[decode_max_splits];
-  __shared__ float s_red[combine_threads / 32];
-  __shared__ float4 s_acc[combine_threads];
+__global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const decode_params<T, View> p, int rows) {
+  constexpr int RB = 16 * MT, C4 = D / 4, G = C4 >= 32 ? 1 : 32 / C4, CW = C4 >= 32 ? (C4 + 31) / 32 : 1;
+  __shared__ float s_w[combine_threads / 32][decode_max_splits];
   pdl_wait();  // the split kernel's partials are complete and visible
-  pdl_launch_dependents();  // the next kernel may start launching; it waits for us before reading
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int item = blockIdx.x, r = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int item = blockIdx.x;
+  const int r = blockIdx.y * (combine_threads / 32) + warp;
   const int per_seq = p.kv.kv_heads * p.head_blocks;
   const int b = item / per_seq;
   const int rem = item - b * per_seq;
   const int hk = rem / p.head_blocks, hb = rem - hk * p.head_blocks;
   const int nh = min(RB, p.group - hb * RB);
-  if (r >= nh) return;
+  if (r >= nh || r >= rows) return;
   const int ctx = p.context[b];
   if (decode_bad_context(p, b, ctx)) return;  // the split kernel wrote NaN
   const int nsplit = (ctx + p.chunk - 1) / p.chunk;
@@ -359,54 +358,52 @@ __global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const d
   const std::size_t slot0 = static_cast<std::size_t>(item) * static_cast<std::size_t>(p.max_splits);
 
   float mx = -INFINITY;
-  for (int s = tid; s < nsplit; s += combine_threads) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
+  for (int s = lane; s < nsplit; s += 32) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (lane == 0) s_red[warp] = mx;
-  __syncthreads();
-  mx = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
-  __syncthreads();
   float sum = 0.f;
-  for (int s = tid; s < nsplit; s += combine_threads) {
+  for (int s = lane; s < nsplit; s += 32) {
     const float w = fast_exp2(p.part_lse[(slot0 + s) * RB + r] - mx);
-    s_w[s] = w;
+    s_w[warp][s] = w;
     sum += w;
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) s_red[warp] = sum;
-  __syncthreads();
-  const float inv = 1.f / ((s_red[0] + s_red[1]) + (s_red[2] + s_red[3]));
+  __syncwarp();
+  const float inv = 1.f / sum;
 
-  const int c = tid % C4, g = tid / C4;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (g < G) {
-#pragma unroll 4
-    for (int s = g; s < nsplit; s += G) {
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(p.part_o + ((slot0 + s) * RB + r) * D) + c);
-      const float w = s_w[s];
-      acc.x += w * x.x;
-      acc.y += w * x.y;
-      acc.z += w * x.z;
-      acc.w += w * x.w;
-    }
-  }
-  s_acc[tid] = acc;
-  __syncthreads();
-  if (g == 0) {
+  const int g = lane / (C4 < 32 ? C4 : 32);  // split group of this lane
 #pragma unroll
-    for (int k = 1; k < G; ++k) {
-      const float4 x = s_acc[k * C4 + c];
-      acc.x += x.x;
-      acc.y += x.y;
-      acc.z += x.z;
-      acc.w += x.w;
+  for (int cw = 0; cw < CW; ++cw) {
+    const int c = (C4 < 32 ? lane % C4 : lane) + cw * 32;
+    const bool active = c < C4 && g < G;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (active) {
+#pragma unroll 4
+      for (int s = g; s < nsplit; s += G) {
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(p.part_o + ((slot0 + s) * RB + r) * D) + c);
+        const float w = s_w[warp][s];
+        acc.x += w * x.x;
+        acc.y += w * x.y;
+        acc.z += w * x.z;
+        acc.w += w * x.w;
+      }
     }
-    const int head = hk * p.group + hb * RB + r;
-    uint2 v;
-    v.x = pack2<T>(acc.x * inv, acc.y * inv);
-    v.y = pack2<T>(acc.z * inv, acc.w * inv);
-    *(reinterpret_cast<uint2*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head) * D) + c) = v;
+    // Sum the split groups (lanes c, c + C4, ...; G > 1 only when C4 divides 32).
+#pragma unroll
+    for (int o = C4; G > 1 && o < 32; o <<= 1) {
+      acc.x += __shfl_down_sync(0xffffffffu, acc.x, o);
+      acc.y += __shfl_down_sync(0xffffffffu, acc.y, o);
+      acc.z += __shfl_down_sync(0xffffffffu, acc.z, o);
+      acc.w += __shfl_down_sync(0xffffffffu, acc.w, o);
+    }
+    if (active && g == 0) {
+      const int head = hk * p.group + hb * RB + r;
+      uint2 v;
+      v.x = pack2<T>(acc.x * inv, acc.y * inv);
+      v.y = pack2<T>(acc.z * inv, acc.w * inv);
+      *(reinterpret_cast<uint2*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head) * D) + c) = v;
+    }
   }
 }
 
@@ -448,14 +445,10 @@ struct decode_plan {
   std::size_t workspace = 0;  // bytes
 };
 
-/// Chooses the split from a small model of an H100 (it only ranks candidates; the ranking holds
-/// on an H200):
-///  - the device streams bw = 25 GB/s per SM; a CTA alone at most cta_bw, its (stages - 1)
-///    tiles in flight turning over every ~3 us (measured, v1);
-///  - with more CTAs than resident slots, the last CTAs drain alone: the tail costs about half a
-///    CTA's duration at full load (measured, v1: 768 CTAs of 1 MB lost 12% of the run to it);
-///  - a split writes and re-reads its f32 partial rows, and adds the combine kernel, whose CTAs
-///    (one per head row) each read one partial row per split.
+/// Chooses the split: about two CTAs per SM in all (ceil(2 x SMs / work items)), at most 64 splits
+/// and at least two tiles per split. bench/cuda's sweep over forced splits (NOTES.md, v3) found the
+/// best split of every measured shape within one power of two of this rule, and a cost model
+/// (tail of long CTAs, per-CTA streaming rate) that chose otherwise lost up to 35%.
 template <class T, int D, int MT, class Cfg, class View>
 decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch& ab) {
   decode_plan pl;
@@ -465,35 +458,14 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
              static_cast<std::size_t>(pl.head_blocks);
   const int tiles = (ab.max_context + Cfg::tile - 1) / Cfg::tile;
   const kernel_occupancy occ = decode_occupancy<T, D, MT, Cfg, View>();
-  const double slots = static_cast<double>(occ.sms) * occ.ctas;
-  const double bw = 25.0e3 * occ.sms;  // bytes per microsecond
-  const double tile_bytes = 2.0 * Cfg::tile * D * sizeof(T);
-  const double cta_bw = (Cfg::stages - 1) * tile_bytes / 3.0;
-  const double rows = group < 16 * MT ? group : 16 * MT;
-  const double total = static_cast<double>(pl.items) * tiles * tile_bytes;
-  const int max_s = tiles < decode_max_splits ? tiles : decode_max_splits;
+  const std::size_t want = (2u * static_cast<std::size_t>(occ.sms) + pl.items - 1) / pl.items;
+  int s = static_cast<int>(std::min<std::size_t>(want, 64));
+  s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
-  double best = 1e300;
-  for (int s = 1; s <= max_s; ++s) {
-    const int ct = (tiles + s - 1) / s;
-    const int se = (tiles + ct - 1) / ct;
-    if (se != s) continue;  // the same chunk as a smaller s
-    const double n = static_cast<double>(pl.items) * se;
-    const double cta_bytes = ct * tile_bytes;
-    double t = 1.0;  // launch and first latency
-    if (n <= slots) {
-      t += cta_bytes / std::min(cta_bw, bw / n);
-    } else {
-      t += total / bw + 0.5 * cta_bytes * slots / bw;
-    }
-    if (se > 1) t += 1.5 + 2.0 * n * rows * D * sizeof(float) / bw + se * D * sizeof(float) / 20.0e3;
-    if (forced > 0) t = se >= forced ? se - forced : 1e6 + (forced - se);  // nearest at or above, else largest
-    if (t < best * 0.995 || (forced > 0 && t < best)) {
-      best = t;
-      pl.splits = se;
-      pl.chunk = ct * Cfg::tile;
-    }
-  }
+  if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
+  const int ct = (tiles + s - 1) / s;  // tiles per split
+  pl.splits = (tiles + ct - 1) / ct;
+  pl.chunk = ct * Cfg::tile;
   if (pl.splits > 1) {
     const std::size_t part = pl.items * static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(16 * MT);
     pl.workspace = part * static_cast<std::size_t>(D) * sizeof(float) + part * sizeof(float);
@@ -556,16 +528,19 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.part_lse = pl.workspace != 0
                    ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
                    : nullptr;
-  // Both kernels wait (griddepcontrol.wait) before their first global access, so they may be
-  // launched while the previous kernel of the stream finishes: its launch latency is hidden.
+  // The split kernel is launched plainly: launched early (programmatic dependent launch), its CTAs
+  // were placed wherever the previous kernel left room and packed onto few SMs (NOTES.md, v3).
+  // The combine kernel follows it with programmatic dependent launch (it waits before reading).
   launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>,
              dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
                   static_cast<unsigned>(ab.batch)),
-             dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, p);
+             dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
   if (pl.splits > 1) {
     MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
-    launch_pdl(decode_combine_kernel<T, D, MT, View>, dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>(16 * MT)),
-               dim3(combine_threads), 0, stream, p);
+    const int rows = std::min(p.group, 16 * MT);
+    launch_pdl(decode_combine_kernel<T, D, MT, View>,
+               dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>((rows + 3) / 4)), dim3(combine_threads), 0,
+               stream, /*programmatic=*/true, p, rows);
   }
 }
 

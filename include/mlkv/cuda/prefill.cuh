@@ -312,7 +312,7 @@ void launch_prefill_mma(const prefill_params<T, View>& p, cudaStream_t stream) {
   constexpr std::size_t smem = prefill_smem_bytes<D>();
   const auto kernel = prefill_kernel<T, D, View>;
   MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  launch_pdl(kernel, grid, dim3(prefill_threads), smem, stream, p);
+  launch_pdl(kernel, grid, dim3(prefill_threads), smem, stream, /*programmatic=*/false, p);
 }
 
 }  // namespace detail
