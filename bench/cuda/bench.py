@@ -39,7 +39,7 @@ def load_lib(path):
     lib.mlkv_bench_decode_workspace.restype = ctypes.c_longlong
     lib.mlkv_bench_decode_splits.argtypes = [i32] * 7
     lib.mlkv_bench_decode.argtypes = [i32, vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, i32, f32, vp, sz, vp]
-    lib.mlkv_bench_tune.argtypes = [i32, i32]
+    lib.mlkv_bench_tune.argtypes = [i32, i32, i32]
     lib.mlkv_bench_tune.restype = None
     lib.mlkv_bench_prefill.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, vp, i32, i32, i32, f32, vp]
     return lib
@@ -159,7 +159,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     if variants is not None:  # sweep: kernel shapes x forced splits x PDL
         row["sweep"] = []
         for variant, force, pdl in variants:
-            lib.mlkv_bench_tune(force, pdl)
+            lib.mlkv_bench_tune(force, pdl, 0)
             try:
                 splits = setup(variant)
                 us = time_calls(ours, n_calls)[0]
@@ -167,7 +167,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
                                      "us": us, "pct_of_read_bw": 100.0 * kv_bytes / us / 1e6 / read_tbps})
             except RuntimeError as ex:
                 row["sweep"].append({"variant": variant, "force_splits": force, "pdl": pdl, "error": str(ex)[:200]})
-        lib.mlkv_bench_tune(0, 1)
+        lib.mlkv_bench_tune(0, 1, 0)
     row["splits"] = setup(0)
 
     def theirs(i):
@@ -216,6 +216,14 @@ def bench_prefill(lib, name, hq, hkv, d, batch, s):
     n_calls = 10
     us, us_min, mode = time_calls(ours, n_calls)
     tus, tus_min, tmode = time_calls(theirs, n_calls)
+    lib.mlkv_bench_tune(0, 1, 1)  # the mma.sync kernel, for comparison
+    try:
+        ours(0)
+        torch.cuda.synchronize()
+        row["mma_max_rel_diff_vs_torch"] = rel_err(out.view(batch, s, hq, d).transpose(1, 2), ref)
+        row["us_mma_sync"] = time_calls(ours, n_calls)[0]
+    finally:
+        lib.mlkv_bench_tune(0, 1, 0)
     row.update({"us": us, "us_min": us_min, "tflops": flops / us / 1e6, "torch_us": tus,
                 "torch_tflops": flops / tus / 1e6, "speedup": tus / us, "timing": mode, "torch_timing": tmode})
     del k, v, q, out
@@ -282,9 +290,10 @@ def main():
                 row = {"geometry": name, "batch": b, "error": str(ex)[:300]}
             result["prefill"].append(row)
             if "us" in row:
-                print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s | torch %9.1f us %6.1f TFLOP/s x%5.2f err %.1e" % (
-                    name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"], row["torch_tflops"],
-                    row["speedup"], row["max_rel_diff_vs_torch"]), flush=True)
+                print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s | torch %9.1f us %6.1f TFLOP/s x%5.2f err %.1e"
+                      " | mma.sync %.1f us" % (name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"],
+                                               row["torch_tflops"], row["speedup"], row["max_rel_diff_vs_torch"],
+                                               row["us_mma_sync"]), flush=True)
             else:
                 print("prefill %-9s B%d %s" % (name, b, row.get("error")), flush=True)
     result["wall_s"] = time.time() - t0

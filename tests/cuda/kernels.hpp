@@ -36,4 +36,8 @@ template <class View>
 void prefill(const View& kv, int q_heads, const typename View::value_type* q, typename View::value_type* out,
              const attention_batch& ab, float scale, cudaStream_t s);
 
+/// Sends every prefill to the mma.sync kernel (true) or lets the launcher choose (false), so the
+/// tests cover the fallback on a GPU where the wgmma kernel would run.
+void set_prefill_force_mma(bool on);
+
 }  // namespace mlkv_cuda_test

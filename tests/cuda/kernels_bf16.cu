@@ -3,3 +3,5 @@
 using mlkv_cuda_test::attention_batch;
 MLKV_CUDA_TEST_INSTANTIATE(mlkv::contiguous_slot_view<mlkv::bf16>)
 MLKV_CUDA_TEST_INSTANTIATE(mlkv::paged_slot_view<mlkv::bf16>)
+
+void mlkv_cuda_test::set_prefill_force_mma(bool on) { mlkv::cuda::detail::prefill_force_mma.store(on ? 1 : 0); }

@@ -213,6 +213,15 @@ TEST_CASE("CUDA prefill of long chunks over a cache (causal, uneven, several row
   long_prefill<group48_d64, mlkv::f16>({300}, {45}, 16);
 }
 
+TEST_CASE("CUDA prefill fallback (mma.sync) on the head dims the wgmma kernel takes", "[cuda]") {
+  struct restore {
+    ~restore() { mlkv_cuda_test::set_prefill_force_mma(false); }
+  } r;
+  mlkv_cuda_test::set_prefill_force_mma(true);
+  long_prefill<mqa_d64, mlkv::bf16>({700, 129, 1}, {200, 129, 1}, 16);
+  long_prefill<gqa32_8_d128, mlkv::f16>({300, 40}, {100, 3}, 8);
+}
+
 TEST_CASE("CUDA append takes rows of the storage type too", "[cuda]") {
   using T = mlkv::bf16;
   constexpr model_shape S = mqa32_d128;

@@ -12,8 +12,8 @@
 /// Hq/Hkv query heads of a KV head share every K/V tile that the CTA loads (GQA/MQA/MLKV packing),
 /// so a chunk of few tokens still fills the tile. Causal masking is per row (each token has its
 /// own position); tiles past a warp's last position are skipped, and CTAs run heaviest first.
-/// On sm_90a builds (MLKV_CUDA_SM90A) with contiguous caches, prefill_attention uses the wgmma
-/// kernel of prefill_sm90.cuh instead.
+/// On Hopper, in builds for sm_90a that define MLKV_CUDA_SM90A, prefill_attention runs head dims
+/// 64 and 128 on the wgmma kernel of prefill_sm90.cuh instead (contiguous and paged views alike).
 
 #include <cuda_runtime.h>
 
@@ -22,44 +22,18 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "prefill_common.cuh"
+#include "prefill_sm90.cuh"
 
 namespace mlkv::cuda {
 namespace detail {
 
 inline constexpr int prefill_threads = 128;  // 4 warps x 32 rows
-inline constexpr int prefill_bm = 128;       // packed rows per CTA
 inline constexpr int prefill_bn = 64;        // tokens per K/V tile
 
 template <int D>
 __host__ __device__ constexpr std::size_t prefill_smem_bytes() {
   return static_cast<std::size_t>(prefill_bm + 2 * 2 * prefill_bn) * (D + 8) * 2u;
-}
-
-template <class T, class View>
-struct prefill_params {
-  View kv;
-  const T* q;  // [total_rows, q_heads, head_dim]
-  T* out;      // [total_rows, q_heads, head_dim]
-  attention_batch ab;
-  int q_heads;
-  int group;
-  float scale_log2;
-};
-
-/// Where a sequence's rows are, and whether its lengths are in range.
-struct seq_rows {
-  int first, rows, ctx;
-  bool offsets_ok, ok;
-};
-template <class View>
-__device__ __forceinline__ seq_rows read_seq_rows(const View& kv, const attention_batch& ab, int b) {
-  seq_rows s;
-  s.ctx = ab.context[b];
-  s.first = ab.q_offsets != nullptr ? ab.q_offsets[b] : b;
-  s.rows = ab.q_offsets != nullptr ? ab.q_offsets[b + 1] - s.first : 1;
-  s.offsets_ok = s.rows >= 0 && s.rows <= ab.max_rows && s.first >= 0 && s.first <= ab.total_rows - s.rows;
-  s.ok = s.offsets_ok && s.ctx >= s.rows && s.ctx <= device_capacity(kv, b);
-  return s;
 }
 
 /// One CTA per (sequence, KV head, block of 128 packed rows), heaviest blocks first.
@@ -80,18 +54,7 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const prefill_
   const seq_rows sr = read_seq_rows(p.kv, p.ab, b);
   const int r0 = mb * BM;
   if (!sr.ok) {
-    // Out-of-range lengths: NaN rows where the offsets say where they are, no read, no other write.
-    if (sr.offsets_ok) {
-      const int R = sr.rows * g;
-      for (int e = tid; e < BM * CH; e += prefill_threads) {
-        const int pr = r0 + e / CH, c = e % CH;
-        if (pr >= R) continue;
-        const int i = pr / g, j = pr - i * g;
-        uint4* o = reinterpret_cast<uint4*>(
-            p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + j) * D);
-        o[c] = nan_vec<T>();
-      }
-    }
+    prefill_nan_rows(p, sr, hk, r0, BM, D);
     return;
   }
   const int R = sr.rows * g;  // packed rows of this (sequence, KV head)
@@ -291,19 +254,6 @@ __global__ void __launch_bounds__(prefill_threads) prefill_kernel(const prefill_
   }
 }
 
-template <class View>
-void check_prefill_args(const View& kv, int q_heads, const typename View::value_type* q,
-                        const typename View::value_type* out, const attention_batch& ab, float scale) {
-  check_attention_args(kv, q_heads, q, out, ab, scale);
-  if (ab.batch == 0) return;
-  MLKV_CHECK(ab.q_offsets != nullptr || ab.total_rows >= ab.batch, "total rows (", ab.total_rows,
-             ") must cover one row per sequence (", ab.batch, ") when q_offsets is null");
-  const long long packed = static_cast<long long>(ab.max_rows) * (q_heads / kv.kv_heads);
-  MLKV_CHECK(packed <= INT_MAX && (packed + prefill_bm - 1) / prefill_bm <= 65535, "max rows (", ab.max_rows,
-             ") x query heads per KV head (", q_heads / kv.kv_heads, ") is too large for one launch");
-  MLKV_CHECK(kv.kv_heads <= 65535, "KV heads (", kv.kv_heads, ") must be at most 65535");
-}
-
 template <class T, int D, class View>
 void launch_prefill_mma(const prefill_params<T, View>& p, cudaStream_t stream) {
   const long long packed = static_cast<long long>(p.ab.max_rows) * p.group;
@@ -342,7 +292,16 @@ void prefill_attention(const View& kv, int q_heads, const typename View::value_t
   p.q_heads = q_heads;
   p.group = q_heads / kv.kv_heads;
   p.scale_log2 = scale * 1.4426950408889634f;
-  detail::with_head_dim(kv.head_dim, [&](auto d) { detail::launch_prefill_mma<T, decltype(d)::value>(p, stream); });
+  detail::with_head_dim(kv.head_dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    if constexpr (D == 64 || D == 128) {
+      if (detail::prefill_sm90_available(D)) {
+        detail::launch_prefill_sm90<T, D>(p, stream);
+        return;
+      }
+    }
+    detail::launch_prefill_mma<T, D>(p, stream);
+  });
 }
 
 }  // namespace mlkv::cuda

@@ -1,0 +1,344 @@
+#pragma once
+/// \file cuda/prefill_sm90.cuh
+/// Causal prefill on Hopper's warpgroup tensor cores (wgmma, PTX sm_90a), for head dims 64 and
+/// 128: the same contract, packing and masking as the mma.sync kernel of prefill.cuh, which
+/// prefill_attention falls back to elsewhere (other head dims, other GPUs, builds without
+/// MLKV_CUDA_SM90A).
+///
+/// A CTA is two warpgroups; each owns 64 packed query rows (token, query head of one KV head).
+/// Per K/V tile of BN tokens, each warpgroup computes S = Q K^T with wgmma (Q and K from shared
+/// memory), its online softmax in registers (FlashAttention-2, Dao 2023; the accumulator layout of
+/// S is the A-operand register layout of the next product, as FlashAttention-3 (Shah et al. 2024)
+/// uses), then O += P V with P from registers and V from shared memory read N-major (transposed
+/// by the descriptor, no data movement). All 256 threads stream the next K/V tile with cp.async
+/// into the canonical 128-byte-swizzled layouts (PTX ISA, "Shared Memory Matrix Layout"): rows of
+/// 64 values (128 B) in 8-row atoms of 1 KB, 16-byte chunk c of row r stored at chunk c ^ (r % 8).
+
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "common.cuh"
+#include "prefill_common.cuh"
+
+namespace mlkv::cuda {
+namespace detail {
+
+/// Benchmarking and test knob: 1 sends every prefill to the mma.sync kernel.
+inline std::atomic<int> prefill_force_mma{0};
+
+inline constexpr int prefill_sm90_threads = 256;  // two warpgroups of 64 query rows
+
+template <int D, int BN>
+__host__ __device__ constexpr std::size_t prefill_sm90_smem_bytes() {
+  // Q (128 rows) and two stages of K and V (BN rows each), D values per row; 1 KB to align the
+  // base to a swizzle atom.
+  return static_cast<std::size_t>(prefill_bm + 2 * 2 * BN) * D * 2u + 1024u;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MLKV_WGMMA_ENABLED 1
+#endif
+
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+/// Orders this thread's earlier shared-memory writes (cp.async included) before the tensor cores'
+/// reads through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+/// A wgmma shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and
+/// stride byte offsets (PTX ISA, "Matrix Descriptor Format").
+__device__ __forceinline__ std::uint64_t gmma_desc(std::uint32_t addr, std::uint32_t lbo, std::uint32_t sbo) {
+  return static_cast<std::uint64_t>((addr & 0x3FFFFu) >> 4) | (static_cast<std::uint64_t>(lbo >> 4) << 16) |
+         (static_cast<std::uint64_t>(sbo >> 4) << 32) | (1ull << 62);
+}
+/// Byte offset of 16-byte chunk c (0..7) of row r in a [rows][64 values] block, 128-byte swizzle.
+__device__ __forceinline__ std::uint32_t sw128(int r, int c) {
+  return static_cast<std::uint32_t>(r * 128 + ((c ^ (r & 7)) << 4));
+}
+
+#if defined(MLKV_WGMMA_ENABLED)
+/// D[64 x 64] (+)= A[64 x 16] (shared, K-major) * B[16 x 64] (shared, K-major); bf16.
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], std::uint64_t da, std::uint64_t db, int accumulate, bf16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+/// D[64 x 64] (+)= A[64 x 16] (registers) * B[16 x 64] (shared, MN-major); bf16.
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const std::uint32_t (&a)[4], std::uint64_t db, int accumulate, bf16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+/// D[64 x 128] (+)= A[64 x 16] (shared, K-major) * B[16 x 128] (shared, K-major); bf16.
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], std::uint64_t da, std::uint64_t db, int accumulate, bf16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+/// D[64 x 128] (+)= A[64 x 16] (registers) * B[16 x 128] (shared, MN-major); bf16.
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t db, int accumulate, bf16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+/// D[64 x 64] (+)= A[64 x 16] (shared, K-major) * B[16 x 64] (shared, K-major); f16.
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], std::uint64_t da, std::uint64_t db, int accumulate, f16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+/// D[64 x 64] (+)= A[64 x 16] (registers) * B[16 x 64] (shared, MN-major); f16.
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const std::uint32_t (&a)[4], std::uint64_t db, int accumulate, f16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+/// D[64 x 128] (+)= A[64 x 16] (shared, K-major) * B[16 x 128] (shared, K-major); f16.
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], std::uint64_t da, std::uint64_t db, int accumulate, f16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+/// D[64 x 128] (+)= A[64 x 16] (registers) * B[16 x 128] (shared, MN-major); f16.
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t db, int accumulate, f16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+#endif
+
+/// One CTA per (sequence, KV head, block of 128 packed rows), heaviest blocks first.
+template <class T, int D, int BN, class View>
+__global__ void __launch_bounds__(prefill_sm90_threads, 1) prefill_sm90_kernel(const prefill_params<T, View> p) {
+#if defined(MLKV_WGMMA_ENABLED)
+  static_assert(D == 64 || D == 128, "mlkv: the wgmma prefill takes head dim 64 or 128");
+  static_assert(BN == 64 || BN == 128, "mlkv: the wgmma prefill takes 64 or 128 tokens per tile");
+  constexpr int BM = prefill_bm, CH = D / 8, DB = D / 64, NT = prefill_sm90_threads;
+  constexpr std::uint32_t QB = BM * 128u, KB = BN * 128u;  // bytes of one 64-value column block
+  extern __shared__ unsigned char smem_raw[];
+  const std::uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;  // DB blocks of QB
+  const std::uint32_t sKV = sQ + DB * QB;  // stage s: K at sKV + s * 2 * DB * KB, V after it
+
+  pdl_wait();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = tid >> 7, wl = warp & 3, gq = lane >> 2, tq = lane & 3;
+  const int b = blockIdx.x, hk = blockIdx.y;
+  const int mb = gridDim.z - 1 - blockIdx.z;
+  const int g = p.group;
+  const seq_rows sr = read_seq_rows(p.kv, p.ab, b);
+  const int r0 = mb * BM;
+  if (!sr.ok) {
+    prefill_nan_rows(p, sr, hk, r0, BM, D);
+    return;
+  }
+  const int R = sr.rows * g;
+  if (r0 >= R) return;
+  const int pos0 = sr.ctx - sr.rows;
+
+  for (int e = tid; e < BM * CH; e += NT) {
+    const int r = e / CH, c = e - r * CH;
+    const int pr = r0 + r;
+    const bool ok = pr < R;
+    const int i = ok ? pr / g : 0, j = ok ? pr - i * g : 0;
+    const T* src = p.q + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + j) * D + c * 8;
+    cp_async_16(sQ + (c >> 3) * QB + sw128(r, c & 7), src, ok);
+  }
+  cp_async_commit();
+
+  const int last_row = min(R, r0 + BM) - 1;
+  const int pos_last = pos0 + last_row / g;
+  const int n_tiles = pos_last / BN + 1;
+  const int wr0 = r0 + wg * 64;  // this warpgroup's first packed row
+  const int wg_min_pos = wr0 < R ? pos0 + wr0 / g : INT_MAX;
+  const int wg_max_pos = wr0 < R ? pos0 + min(R - 1, wr0 + 63) / g : -1;
+  int my_pos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int pr = wr0 + wl * 16 + gq + h * 8;
+    my_pos[h] = pr < R ? pos0 + pr / g : -1;
+  }
+
+  const T* const kb = kbase(p.kv);
+  const T* const vb = vbase(p.kv);
+  auto load_tile = [&](int tile, int stage) {
+    const std::uint32_t k_s = sKV + stage * 2 * DB * KB, v_s = k_s + DB * KB;
+#pragma unroll
+    for (int it = 0; it < BN * CH / NT; ++it) {
+      const int e = tid + it * NT;
+      const int r = e / CH, c = e - r * CH;
+      const int tok = tile * BN + r;
+      const bool ok = tok <= pos_last;
+      const std::size_t off = p.kv.offset(b, hk, ok ? tok : 0) + static_cast<std::size_t>(c * 8);
+      const std::uint32_t dst = (c >> 3) * KB + sw128(r, c & 7);
+      cp_async_16(k_s + dst, kb + off, ok);
+      cp_async_16(v_s + dst, vb + off, ok);
+    }
+  };
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float s[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+
+  load_tile(0, 0);
+  cp_async_commit();
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    const int stage = jt & 1;
+    if (jt + 1 < n_tiles) load_tile(jt + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+    __syncthreads();
+    if (jt * BN <= wg_max_pos) {  // some row of this warpgroup sees a token of the tile
+      const std::uint32_t k_s = sKV + stage * 2 * DB * KB, v_s = k_s + DB * KB;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const std::uint64_t da = gmma_desc(sQ + (kk >> 2) * QB + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
+        const std::uint64_t db = gmma_desc(k_s + (kk >> 2) * KB + (kk & 3) * 32, 16, 1024);
+        if constexpr (BN == 128) {
+          wgmma_ss_n128(s, da, db, kk > 0 ? 1 : 0, T{});
+        } else {
+          wgmma_ss_n64(s, da, db, kk > 0 ? 1 : 0, T{});
+        }
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+
+      // s[4 n + e]: row gq + 8 (e / 2), token 8 n + 2 tq + e % 2 of the tile.
+      const bool masked = (jt + 1) * BN - 1 > wg_min_pos;
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) {
+        float x = s[i] * p.scale_log2;
+        if (masked && jt * BN + 8 * (i >> 2) + 2 * tq + (i & 1) > my_pos[(i >> 1) & 1]) x = -INFINITY;
+        s[i] = x;
+      }
+      std::uint32_t pa[BN / 16][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[h], mx);
+        const float base = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = fast_exp2(m[h] - base);
+        m[h] = m_new;
+        float rs = 0.f;
+#pragma unroll
+        for (int kt = 0; kt < BN / 16; ++kt) {
+          const std::uint32_t p0 = pack2<T>(fast_exp2(s[8 * kt + 2 * h] - base), fast_exp2(s[8 * kt + 2 * h + 1] - base));
+          const std::uint32_t p1 =
+              pack2<T>(fast_exp2(s[8 * kt + 4 + 2 * h] - base), fast_exp2(s[8 * kt + 4 + 2 * h + 1] - base));
+          pa[kt][h] = p0;      // rows gq / gq + 8, tokens 16 kt + 2 tq, +1
+          pa[kt][2 + h] = p1;  // tokens 16 kt + 8 + 2 tq, +1
+          const float2 f0 = unpack2<T>(p0), f1 = unpack2<T>(p1);
+          rs += (f0.x + f0.y) + (f1.x + f1.y);
+        }
+        l[h] = l[h] * corr + rs;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[4 * n + 2 * h] *= corr;
+          o[4 * n + 2 * h + 1] *= corr;
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kt = 0; kt < BN / 16; ++kt) {
+        // V as B[tokens x D], N-major: 64-value column blocks KB apart, 8-token groups 1 KB apart.
+        const std::uint64_t db = gmma_desc(v_s + kt * 2048, KB, 1024);
+        if constexpr (D == 128) {
+          wgmma_rs_n128(o, pa[kt], db, 1, T{});
+        } else {
+          wgmma_rs_n64(o, pa[kt], db, 1, T{});
+        }
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+    }
+    __syncthreads();  // both warpgroups are done with this stage before it is refilled
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lt = l[h];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int pr = wr0 + wl * 16 + gq + h * 8;
+    if (pr >= R) continue;
+    const float inv = 1.f / lt;
+    const int i = pr / g, jh = pr - i * g;
+    T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + jh) * D + 2 * tq;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+    }
+  }
+#else
+  __trap();  // compiled for a target without wgmma: the launcher never picks this kernel there
+#endif
+}
+
+/// True when this build and the current device run the wgmma prefill for head dim d.
+inline bool prefill_sm90_available(int d) {
+#if defined(MLKV_CUDA_SM90A)
+  return (d == 64 || d == 128) && device_cc() == 90 && prefill_force_mma.load(std::memory_order_relaxed) == 0;
+#else
+  (void)d;
+  return false;
+#endif
+}
+
+template <class T, int D, class View>
+void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) {
+  constexpr int BN = 128;
+  const long long packed = static_cast<long long>(p.ab.max_rows) * p.group;
+  const dim3 grid(static_cast<unsigned>(p.ab.batch), static_cast<unsigned>(p.kv.kv_heads),
+                  static_cast<unsigned>((packed + prefill_bm - 1) / prefill_bm));
+  constexpr std::size_t smem = prefill_sm90_smem_bytes<D, BN>();
+  const auto kernel = prefill_sm90_kernel<T, D, BN, View>;
+  MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  launch_pdl(kernel, grid, dim3(prefill_sm90_threads), smem, stream, /*programmatic=*/false, p);
+}
+
+}  // namespace detail
+}  // namespace mlkv::cuda
