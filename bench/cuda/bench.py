@@ -39,7 +39,7 @@ def load_lib(path):
     lib.mlkv_bench_decode_workspace.restype = ctypes.c_longlong
     lib.mlkv_bench_decode_splits.argtypes = [i32] * 7
     lib.mlkv_bench_decode.argtypes = [i32, vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, i32, f32, vp, sz, vp]
-    lib.mlkv_bench_tune.argtypes = [i32, i32, i32]
+    lib.mlkv_bench_tune.argtypes = [i32, i32, i32, i32]
     lib.mlkv_bench_tune.restype = None
     lib.mlkv_bench_prefill.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, vp, i32, i32, i32, f32, vp]
     return lib
@@ -159,7 +159,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     if variants is not None:  # sweep: kernel shapes x forced splits x PDL
         row["sweep"] = []
         for variant, force, pdl in variants:
-            lib.mlkv_bench_tune(force, pdl, 0)
+            lib.mlkv_bench_tune(force, pdl, 0, 0)
             try:
                 splits = setup(variant)
                 us = time_calls(ours, n_calls)[0]
@@ -167,7 +167,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
                                      "us": us, "pct_of_read_bw": 100.0 * kv_bytes / us / 1e6 / read_tbps})
             except RuntimeError as ex:
                 row["sweep"].append({"variant": variant, "force_splits": force, "pdl": pdl, "error": str(ex)[:200]})
-        lib.mlkv_bench_tune(0, 1, 0)
+        lib.mlkv_bench_tune(0, 1, 0, 0)
     row["splits"] = setup(0)
 
     def theirs(i):
@@ -216,14 +216,17 @@ def bench_prefill(lib, name, hq, hkv, d, batch, s):
     n_calls = 10
     us, us_min, mode = time_calls(ours, n_calls)
     tus, tus_min, tmode = time_calls(theirs, n_calls)
-    lib.mlkv_bench_tune(0, 1, 1)  # the mma.sync kernel, for comparison
+    lib.mlkv_bench_tune(0, 1, 1, 0)  # the mma.sync kernel, for comparison
     try:
         ours(0)
         torch.cuda.synchronize()
         row["mma_max_rel_diff_vs_torch"] = rel_err(out.view(batch, s, hq, d).transpose(1, 2), ref)
         row["us_mma_sync"] = time_calls(ours, n_calls)[0]
+        if d in (64, 128):
+            lib.mlkv_bench_tune(0, 1, 0, 1)  # the wgmma kernel's other tile shape
+            row["us_wgmma_variant1"] = time_calls(ours, n_calls)[0]
     finally:
-        lib.mlkv_bench_tune(0, 1, 0)
+        lib.mlkv_bench_tune(0, 1, 0, 0)
     row.update({"us": us, "us_min": us_min, "tflops": flops / us / 1e6, "torch_us": tus,
                 "torch_tflops": flops / tus / 1e6, "speedup": tus / us, "timing": mode, "torch_timing": tmode})
     del k, v, q, out
@@ -259,9 +262,10 @@ def main():
                         "until one graph pass reads at least 4x the L2", "decode": [], "prefill": []}
     if args.sweep:
         sweep(lib, result, l2, read_tbps)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        return 0
+        if not args.quick:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+            return 0
     geoms = GEOMS if not args.geoms else [g for g in GEOMS if g[0].split()[0] in args.geoms.split(",")]
     batches, contexts = (BATCHES, CONTEXTS) if not args.quick else ([1, 16, 64], [4096, 32768])
     for name, hq, hkv, d in geoms:
@@ -291,9 +295,10 @@ def main():
             result["prefill"].append(row)
             if "us" in row:
                 print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s | torch %9.1f us %6.1f TFLOP/s x%5.2f err %.1e"
-                      " | mma.sync %.1f us" % (name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"],
-                                               row["torch_tflops"], row["speedup"], row["max_rel_diff_vs_torch"],
-                                               row["us_mma_sync"]), flush=True)
+                      " | mma.sync %.1f us, variant1 %.1f us" % (
+                          name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"], row["torch_tflops"],
+                          row["speedup"], row["max_rel_diff_vs_torch"], row["us_mma_sync"],
+                          row.get("us_wgmma_variant1", float("nan"))), flush=True)
             else:
                 print("prefill %-9s B%d %s" % (name, b, row.get("error")), flush=True)
     result["wall_s"] = time.time() - t0
@@ -314,21 +319,21 @@ def sweep(lib, result, l2, read_tbps):
     result["sweep"] = []
     for name, hq, hkv, d, b, ctx in SWEEP_ROWS:
         variants = [(0, 0, 1), (0, 0, 0)]
-        for v in (0, 1, 2, 3):
-            for f in (1, 2, 4, 8, 16, 32, 64, 128):
-                variants.append((v, f, 1))
+        for pdl in (0, 1):
+            for f in (1, 2, 4, 8, 16, 32, 64):
+                variants.append((0, f, pdl))
         free, _ = torch.cuda.mem_get_info()
         row = bench_decode(lib, name, hq, hkv, d, b, ctx, l2, read_tbps, free - (2 << 30), variants)
         result["sweep"].append(row)
         print("sweep %-9s B%-3d ctx%-5d torch %8.1f us (%4.1f%%) | auto: %8.1f us %4.1f%% (no PDL %8.1f us)" % (
             name, b, ctx, row["torch_us"], 100.0 * row["kv_bytes"] / row["torch_us"] / 1e6 / read_tbps,
             row["sweep"][0]["us"], row["sweep"][0]["pct_of_read_bw"], row["sweep"][1]["us"]), flush=True)
-        for v in (0, 1, 2, 3):
+        for pdl in (0, 1):
             cells = []
             for x in row["sweep"][2:]:
-                if x["variant"] == v:
+                if x["pdl"] == pdl:
                     cells.append("%d:%.1f" % (x.get("splits", -1), x["us"]) if "us" in x else "err")
-            print("   v%d  %s" % (v, "  ".join(cells)), flush=True)
+            print("   pdl%d %s" % (pdl, "  ".join(cells)), flush=True)
 
 
 def write_table(r, path):

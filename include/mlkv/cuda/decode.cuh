@@ -445,7 +445,7 @@ struct decode_plan {
   std::size_t workspace = 0;  // bytes
 };
 
-/// Chooses the split: about two CTAs per SM in all (ceil(2 x SMs / work items)), at most 64 splits
+/// Chooses the split: about two CTAs per SM in all (floor(2 x SMs / work items)), at most 64 splits
 /// and at least two tiles per split. bench/cuda's sweep over forced splits (NOTES.md, v3) found the
 /// best split of every measured shape within one power of two of this rule, and a cost model
 /// (tail of long CTAs, per-CTA streaming rate) that chose otherwise lost up to 35%.
@@ -458,7 +458,7 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
              static_cast<std::size_t>(pl.head_blocks);
   const int tiles = (ab.max_context + Cfg::tile - 1) / Cfg::tile;
   const kernel_occupancy occ = decode_occupancy<T, D, MT, Cfg, View>();
-  const std::size_t want = (2u * static_cast<std::size_t>(occ.sms) + pl.items - 1) / pl.items;
+  const std::size_t want = std::max<std::size_t>(1, 2u * static_cast<std::size_t>(occ.sms) / pl.items);
   int s = static_cast<int>(std::min<std::size_t>(want, 64));
   s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);

@@ -25,8 +25,10 @@
 namespace mlkv::cuda {
 namespace detail {
 
-/// Benchmarking and test knob: 1 sends every prefill to the mma.sync kernel.
+/// Benchmarking and test knobs: 1 sends every prefill to the mma.sync kernel; a variant other
+/// than 0 picks another tile shape of the wgmma kernel (bench/cuda).
 inline std::atomic<int> prefill_force_mma{0};
+inline std::atomic<int> prefill_sm90_variant{0};
 
 inline constexpr int prefill_sm90_threads = 256;  // two warpgroups of 64 query rows
 
@@ -143,8 +145,8 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const std::uint32_
 #endif
 
 /// One CTA per (sequence, KV head, block of 128 packed rows), heaviest blocks first.
-template <class T, int D, int BN, class View>
-__global__ void __launch_bounds__(prefill_sm90_threads, 1) prefill_sm90_kernel(const prefill_params<T, View> p) {
+template <class T, int D, int BN, int MinBlocks, class View>
+__global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_kernel(const prefill_params<T, View> p) {
 #if defined(MLKV_WGMMA_ENABLED)
   static_assert(D == 64 || D == 128, "mlkv: the wgmma prefill takes head dim 64 or 128");
   static_assert(BN == 64 || BN == 128, "mlkv: the wgmma prefill takes 64 or 128 tokens per tile");
@@ -328,16 +330,26 @@ inline bool prefill_sm90_available(int d) {
 #endif
 }
 
-template <class T, int D, class View>
-void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) {
-  constexpr int BN = 128;
+template <class T, int D, int BN, int MinBlocks, class View>
+void launch_prefill_sm90_shape(const prefill_params<T, View>& p, cudaStream_t stream) {
   const long long packed = static_cast<long long>(p.ab.max_rows) * p.group;
   const dim3 grid(static_cast<unsigned>(p.ab.batch), static_cast<unsigned>(p.kv.kv_heads),
                   static_cast<unsigned>((packed + prefill_bm - 1) / prefill_bm));
   constexpr std::size_t smem = prefill_sm90_smem_bytes<D, BN>();
-  const auto kernel = prefill_sm90_kernel<T, D, BN, View>;
+  const auto kernel = prefill_sm90_kernel<T, D, BN, MinBlocks, View>;
   MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   launch_pdl(kernel, grid, dim3(prefill_sm90_threads), smem, stream, /*programmatic=*/false, p);
+}
+
+/// The wgmma prefill: 64-token tiles and two CTAs per SM (one CTA's softmax overlaps the other's
+/// tensor-core work), or 128-token tiles and one CTA per SM (variant 1, bench/cuda).
+template <class T, int D, class View>
+void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) {
+  if (prefill_sm90_variant.load(std::memory_order_relaxed) == 1) {
+    launch_prefill_sm90_shape<T, D, 128, 1>(p, stream);
+  } else {
+    launch_prefill_sm90_shape<T, D, 64, 2>(p, stream);
+  }
 }
 
 }  // namespace detail
