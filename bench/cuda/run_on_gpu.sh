@@ -58,18 +58,22 @@ fi
 
 if has memcheck; then
   step memcheck
-  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 3 $TEST >"$OUT/memcheck.log" 2>&1
+  timeout "${MLKV_SAN_TIMEOUT:-280}" compute-sanitizer --tool memcheck --leak-check full --error-exitcode 3 $TEST \
+    >"$OUT/memcheck.log" 2>&1
   rc=$?
-  grep -E "ERROR SUMMARY|test cases" "$OUT/memcheck.log" | tail -3
-  [ $rc -ne 0 ] && { echo "MEMCHECK FAILED (rc $rc)"; head -60 "$OUT/memcheck.log"; status=1; }
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|test cases|All tests passed" "$OUT/memcheck.log" | tail -4
+  [ $rc -eq 124 ] && echo "MEMCHECK TIMED OUT (${MLKV_SAN_TIMEOUT:-280} s)"
+  [ $rc -ne 0 ] && { echo "MEMCHECK FAILED (rc $rc)"; grep -v "^=========     " "$OUT/memcheck.log" | head -40; status=1; }
 fi
 
 if has racecheck; then
   step racecheck
-  compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 $TEST >"$OUT/racecheck.log" 2>&1
+  timeout "${MLKV_SAN_TIMEOUT:-280}" compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 \
+    $TEST >"$OUT/racecheck.log" 2>&1
   rc=$?
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases" "$OUT/racecheck.log" | tail -3
-  [ $rc -ne 0 ] && { echo "RACECHECK FAILED (rc $rc)"; head -60 "$OUT/racecheck.log"; status=1; }
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases|All tests passed" "$OUT/racecheck.log" | tail -4
+  [ $rc -eq 124 ] && echo "RACECHECK TIMED OUT (${MLKV_SAN_TIMEOUT:-280} s)"
+  [ $rc -ne 0 ] && { echo "RACECHECK FAILED (rc $rc)"; grep -v "^=========     " "$OUT/racecheck.log" | head -40; status=1; }
 fi
 
 LIB=./$BUILD/bench/cuda/libmlkv_cuda_bench.so
@@ -117,6 +121,10 @@ if has bench; then
   PYTHONUNBUFFERED=1 python3 bench/cuda/bench.py --lib "$LIB" --out "$OUT/cuda_attention.json" \
     --table "$OUT/cuda_table.md" ${MLKV_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   [ "${PIPESTATUS[0]}" -ne 0 ] && { echo "BENCH FAILED"; status=1; }
+fi
+if has bench && [ -f "$OUT/cuda_table.md" ]; then
+  step table
+  grep -E "^\| (12:1 d64|32:1 d128) \| (1|16|64|256) \| 32768|^\| 12:1 d64 \| 1 \||Causal|^\| [0-9:]+ d[0-9]+ \| [14] \| [0-9.]+ \| [0-9]+ \| [0-9.]+ \| [0-9]+ \|" "$OUT/cuda_table.md" | head -30
 fi
 step done
 exit $status
