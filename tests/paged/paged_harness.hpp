@@ -9,7 +9,8 @@
 //  - sequences of length 0 stay in the batch with no pages at all;
 //  - half of the chunks reserve explicitly before making the batch, the other half let the
 //    first owner layer's append map the pages and make the batch after it.
-// The kernel under test has the contiguous harness's signature: attn(view, q_heads, q, out, ab, scale).
+// The kernel under test has the contiguous harness's signature: attn(view, q_heads, q, out, ab, scale),
+// and the same options (scenario_options, bf16_queries included).
 
 #include <mlkv/cache/paged.hpp>
 #include <mlkv/cpu/reference.hpp>
@@ -126,8 +127,11 @@ void run_paged_attention_scenario(Attn&& attn, std::uint64_t seed, const scenari
         const std::size_t first = static_cast<std::size_t>(offsets[static_cast<std::size_t>(b)]) * Hq * D;
         const std::size_t count = static_cast<std::size_t>(n) * Hq * D;
         std::vector<double> want_stored(count), want_exact(count);
-        const std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
-                                           q.begin() + static_cast<std::ptrdiff_t>(first + count));
+        std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
+                                     q.begin() + static_cast<std::ptrdiff_t>(first + count));
+        if (opt.bf16_queries) {  // the kernel reads bf16 queries: the oracle rounds them too
+          for (auto& x : q_stored) x = quantized<mlkv::bf16>(static_cast<float>(x));
+        }
         const int ctx = context[static_cast<std::size_t>(b)];
         oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
                           want_stored.data());

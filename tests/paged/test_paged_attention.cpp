@@ -3,10 +3,12 @@
 // holding the same K/V.
 #include <mlkv/cache/contiguous.hpp>
 #include <mlkv/cache/paged.hpp>
+#include <mlkv/cpu/attention.hpp>
 #include <mlkv/cpu/reference.hpp>
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "geometries.hpp"
@@ -15,6 +17,21 @@
 namespace {
 auto reference = [](const auto& view, int q_heads, const float* q, float* out, const mlkv::cpu::attention_batch& ab,
                     float scale) { mlkv::cpu::reference_attention(view, q_heads, q, out, ab, scale); };
+
+/// The fast CPU attention (cpu/attention.hpp) with fixed options.
+auto fast(const mlkv::cpu::attention_options& o) {
+  return [o](const auto& view, int q_heads, const float* q, float* out, const mlkv::cpu::attention_batch& ab,
+             float scale) { mlkv::cpu::attention(view, q_heads, q, out, ab, scale, o); };
+}
+
+/// The harness options for the fast path `i` and storage T: the AVX-512 BF16 path reads the
+/// queries as bf16, so the oracle on the stored values rounds them too (as in tests/cpu).
+template <class T>
+mlkv_test::scenario_options fast_options(mlkv::cpu::isa i) {
+  mlkv_test::scenario_options o;
+  o.bf16_queries = i == mlkv::cpu::isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16>;
+  return o;
+}
 
 std::string what_of(auto&& f) {
   try {
@@ -88,6 +105,11 @@ double paged_vs_contiguous(Attn&& attn, std::uint64_t seed, const std::vector<in
 
 TEMPLATE_TEST_CASE("reference attention over pages of 16 matches the oracle on the paper's configurations", "",
                    float, mlkv::f16, mlkv::bf16) {
+  if (mlkv_test::sanitized()) {  // the optimised build covers all nine; here MHA-144 and MLKV-4
+    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[0].shape, TestType, 16>(reference, mlkv_test::fresh_seed());
+    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[6].shape, TestType, 16>(reference, mlkv_test::fresh_seed());
+    return;
+  }
   mlkv_test::for_each_geometry<mlkv_test::paper_list>([](auto g) {
     mlkv_test::run_paged_attention_scenario<decltype(g)::shape, TestType, 16>(reference, mlkv_test::fresh_seed());
   });
@@ -107,7 +129,7 @@ TEST_CASE("reference attention over pages of 1, 5 and 64 tokens, and a longer co
   mlkv_test::scenario_options opt;
   opt.batch = 2;
   opt.capacity = 700;
-  opt.first_chunk = {613, 1};
+  opt.first_chunk = {mlkv_test::sanitized() ? 213 : 613, 1};
   opt.decode_steps = 2;
   opt.second_chunk = 29;
   mlkv_test::run_paged_attention_scenario<mlkv_test::single_owner_d80, mlkv::bf16, 64>(reference,
@@ -141,4 +163,43 @@ TEST_CASE("attention over a paged batch rejects a context past a sequence's page
   // A sequence with no pages and no rows is skipped.
   const std::int32_t ctx[2] = {20, 0}, offs[3] = {0, 1, 1};
   mlkv::cpu::reference_attention(batch.slot_view(0), 12, q.data(), out.data(), {2, ctx, offs}, 0.1f);
+}
+
+TEMPLATE_TEST_CASE("the fast attention over pages matches the oracle (best path, 2 threads, split contexts)", "",
+                   float, mlkv::f16, mlkv::bf16) {
+  mlkv::cpu::thread_pool threads(2);
+  const mlkv::cpu::isa best = mlkv::cpu::best_isa();
+  INFO("path " << mlkv::cpu::name_of(best));
+  const auto opt = fast_options<TestType>(best);
+  // Pages of 16 over the paper's configurations (one of them under the sanitizers).
+  if (mlkv_test::sanitized()) {
+    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[6].shape, TestType, 16>(
+        fast({.isa = best, .exec = &threads}), mlkv_test::fresh_seed(), opt);
+  } else {
+    mlkv_test::for_each_geometry<mlkv_test::paper_list>([&](auto g) {
+      mlkv_test::run_paged_attention_scenario<decltype(g)::shape, TestType, 16>(fast({.isa = best, .exec = &threads}),
+                                                                               mlkv_test::fresh_seed(), opt);
+    });
+  }
+  // Pages of 3 and 64, with contexts cut into chunks that end inside pages (log-sum-exp merges).
+  mlkv_test::run_paged_attention_scenario<mlkv_test::uneven_mqa_d80, TestType, 3>(
+      fast({.isa = best, .exec = &threads, .split_tokens = 7}), mlkv_test::fresh_seed(), opt);
+  mlkv_test::run_paged_attention_scenario<mlkv_test::llama_like, TestType, 64>(
+      fast({.isa = best, .exec = &threads, .split_tokens = 40}), mlkv_test::fresh_seed(), opt);
+  mlkv_test::run_paged_attention_scenario<mlkv_test::group7_d96, TestType, 5>(fast({.isa = best}),
+                                                                             mlkv_test::fresh_seed(), opt);
+}
+
+TEMPLATE_TEST_CASE("the fast attention gives the same bits over pages as over a contiguous cache", "", float,
+                   mlkv::bf16) {
+  mlkv::cpu::thread_pool threads(2);
+  const std::vector<int> lengths{0, 1, 15, 16, 17, 0, 64, mlkv_test::sanitized() ? 100 : 300};
+  for (const mlkv::cpu::isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    const auto k = fast({.isa = i, .exec = &threads});
+    REQUIRE(paged_vs_contiguous<mlkv_test::uneven_gqa, TestType, 16>(k, mlkv_test::fresh_seed(), lengths) == 0.0);
+    REQUIRE(paged_vs_contiguous<mlkv_test::llama_like, TestType, 64>(k, mlkv_test::fresh_seed(), lengths) == 0.0);
+    REQUIRE(paged_vs_contiguous<mlkv_test::uneven_mqa_d80, TestType, 7>(fast({.isa = i, .split_tokens = 50}),
+                                                                        mlkv_test::fresh_seed(), lengths) == 0.0);
+  }
 }

@@ -141,6 +141,23 @@ TEMPLATE_TEST_CASE("page layout: [slot][K|V][kv_head][page_tokens][head_dim], on
     REQUIRE(v.run(0, 5) == 3);
     REQUIRE(v.k_row(1, 1, 4) == pool.data() + 3 * pool_t::page_values + v.k_offset + (1 * 4 + 0) * D);
   }
+  // Pages of a power-of-two size are addressed by shifts; a view without the shift divides and
+  // reaches the same rows.
+  REQUIRE(batch.slot_view(0).page_shift == 2);
+  REQUIRE(mlkv::paged_kv_cache<mlkv4, TestType, 3>::page_shift == -1);
+  REQUIRE(mlkv::paged_kv_cache<mlkv4, TestType, 64>::page_shift == 6);
+  for (int s = 0; s < slots; ++s) {
+    const auto shifted = batch.slot_view(s);
+    auto divided = shifted;
+    divided.page_shift = -1;
+    for (int b2 = 0; b2 < 2; ++b2) {
+      for (int t = 0; t < batch.lengths()[static_cast<std::size_t>(b2)]; ++t) {
+        REQUIRE(divided.k_row(b2, 1, t) == shifted.k_row(b2, 1, t));
+        REQUIRE(divided.v_row(b2, 0, t) == shifted.v_row(b2, 0, t));
+        REQUIRE(divided.run(b2, t) == shifted.run(b2, t));
+      }
+    }
+  }
   REQUIRE(what_of([&] { (void)batch.slot_view(4); }) == "mlkv: KV slot 4 is out of range [0, 4)");
   REQUIRE(what_of([&] { (void)batch.layer_view(12); }) == "mlkv: layer 12 is out of range [0, 12)");
 }

@@ -61,18 +61,24 @@ struct paged_slot_view {
   std::size_t page_stride = 0;  ///< values per page: 2 * slots * kv_heads * page_tokens * head_dim
   std::size_t k_offset = 0;     ///< this slot's K inside a page: 2 * slot * kv_heads * page_tokens * head_dim
   std::size_t v_offset = 0;     ///< this slot's V inside a page: k_offset + kv_heads * page_tokens * head_dim
+  int page_shift = -1;          ///< log2(page_tokens) when that is a power of two (the paged cache sets it):
+                                ///< addressing shifts and masks; -1: it divides (same result, slower)
 
+  MLKV_HOST_DEVICE int block_of(int token) const { return page_shift >= 0 ? token >> page_shift : token / page_tokens; }
+  MLKV_HOST_DEVICE int in_page(int token) const {
+    return page_shift >= 0 ? token & (page_tokens - 1) : token % page_tokens;
+  }
   MLKV_HOST_DEVICE std::size_t offset(int seq, int head, int token) const {
     const int page = block_table[static_cast<std::size_t>(seq) * static_cast<std::size_t>(max_blocks) +
-                                 static_cast<std::size_t>(token / page_tokens)];
+                                 static_cast<std::size_t>(block_of(token))];
     return static_cast<std::size_t>(page) * page_stride +
            (static_cast<std::size_t>(head) * static_cast<std::size_t>(page_tokens) +
-            static_cast<std::size_t>(token % page_tokens)) *
+            static_cast<std::size_t>(in_page(token))) *
                static_cast<std::size_t>(head_dim);
   }
   MLKV_HOST_DEVICE const T* k_row(int seq, int head, int token) const { return pages + k_offset + offset(seq, head, token); }
   MLKV_HOST_DEVICE const T* v_row(int seq, int head, int token) const { return pages + v_offset + offset(seq, head, token); }
-  MLKV_HOST_DEVICE int run(int /*seq*/, int token) const { return page_tokens - token % page_tokens; }
+  MLKV_HOST_DEVICE int run(int /*seq*/, int token) const { return page_tokens - in_page(token); }
   MLKV_HOST_DEVICE int max_tokens(int seq) const { return seq_blocks[seq] * page_tokens; }
 };
 
