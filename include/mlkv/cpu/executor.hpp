@@ -59,7 +59,10 @@ class serial_executor final : public executor {
 };
 
 /// A fixed set of std::thread workers; the calling thread works too, so `thread_pool(n)` uses n
-/// threads in all (n - 1 started here). Workers spin for `spin` after a batch before they sleep
+/// threads in all (n - 1 started here). Tasks are claimed one at a time from a shared counter
+/// (dynamic balance); a call returns as soon as every task has finished, whether or not every
+/// worker woke up for it, so a pool larger than the machine costs little. Workers spin for
+/// `spin` after a batch (pausing, then yielding the core) before they sleep on the counter
 /// (std::atomic::wait), so back-to-back decode steps do not pay a wake-up each.
 class thread_pool final : public executor {
  public:
@@ -75,8 +78,8 @@ class thread_pool final : public executor {
   thread_pool& operator=(const thread_pool&) = delete;
   ~thread_pool() override {
     stop_.store(true, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
-    generation_.notify_all();
+    state_.store(next_generation() << 32, std::memory_order_release);
+    state_.notify_all();
     for (auto& t : workers_) t.join();
   }
 
@@ -88,65 +91,84 @@ class thread_pool final : public executor {
       for (int i = 0; i < tasks; ++i) body(i);
       return;
     }
+    // Close the previous batch first (a worker that read its state late then fails its claim),
+    // then set this batch up and open it. seq_cst orders the three against a worker's claim.
+    const std::uint64_t gen = next_generation();
+    state_.store((gen << 32) | closed);
     body_ = &body;
-    tasks_ = tasks;
-    next_.store(0, std::memory_order_relaxed);
-    busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);  // publishes body_, tasks_, next_
-    generation_.notify_all();
-    run_tasks();
-    // Wait for the workers to leave this batch (they may still be finishing a task).
-    while (busy_.load(std::memory_order_acquire) != 0) pause();
-    body_ = nullptr;
+    tasks_.store(tasks);
+    done_.store(0);
+    state_.store(gen << 32);
+    state_.notify_all();
+    work(gen);
+    for (int k = 0; done_.load(std::memory_order_acquire) != tasks; ++k) relax(k);
   }
 
  private:
-  static void pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ volatile("yield");
-#endif
+  static constexpr std::uint64_t closed = 0xffffffffu;  // "next task" of a batch being set up
+
+  std::uint64_t next_generation() {
+    if (++generation_ == 0) ++generation_;  // 32-bit generations, 0 is "none seen yet"
+    return generation_;
   }
 
-  void run_tasks() {
-    const task_ref& body = *body_;
+  static void relax(int k) {
+    if (k < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ volatile("yield");
+#endif
+    } else {
+      std::this_thread::yield();  // let a descheduled worker finish its task
+    }
+  }
+
+  /// Claims and runs tasks of batch `gen` until none is left. The claim is a compare-exchange on
+  /// (generation, next task), so a worker that wakes late can never run a task of a finished
+  /// batch (parallel_for closes it before touching body_/tasks_); body_ is read only while a
+  /// task is held, when the batch cannot end.
+  void work(std::uint64_t gen) {
+    std::uint64_t s = state_.load();
     for (;;) {
-      const int i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= tasks_) break;
-      body(i);
+      if ((s >> 32) != gen) return;
+      const std::uint32_t i = static_cast<std::uint32_t>(s);
+      if (i >= static_cast<std::uint32_t>(tasks_.load())) return;
+      if (state_.compare_exchange_weak(s, s + 1)) {
+        (*body_)(static_cast<int>(i));
+        done_.fetch_add(1, std::memory_order_release);
+        s = state_.load();
+      }
     }
   }
 
   void worker_loop() {
     std::uint64_t seen = 0;
     for (;;) {
-      // Spin a while for the next batch, then sleep until the generation changes.
+      std::uint64_t s = state_.load(std::memory_order_acquire);
       const auto until = std::chrono::steady_clock::now() + spin_;
-      std::uint64_t g = generation_.load(std::memory_order_acquire);
-      for (int k = 0; g == seen; ++k) {
-        if ((k & 255) == 255 && std::chrono::steady_clock::now() > until) {
-          generation_.wait(seen, std::memory_order_acquire);
+      for (int k = 0; (s >> 32) == seen || (s & closed) == closed; ++k) {
+        if ((k & 63) == 63 && std::chrono::steady_clock::now() > until) {
+          state_.wait(s, std::memory_order_acquire);  // returns once state_ differs from s
         } else {
-          pause();
+          relax(k);
         }
-        g = generation_.load(std::memory_order_acquire);
+        s = state_.load(std::memory_order_acquire);
       }
-      seen = g;
+      seen = s >> 32;
       if (stop_.load(std::memory_order_relaxed)) return;
-      run_tasks();
-      busy_.fetch_sub(1, std::memory_order_release);
+      work(seen);
     }
   }
 
   int threads_ = 1;
   std::chrono::microseconds spin_;
   std::vector<std::thread> workers_;
+  std::uint32_t generation_ = 0;         // batches started (touched by the calling thread only)
   const task_ref* body_ = nullptr;
-  int tasks_ = 0;
-  std::atomic<int> next_{0};
-  std::atomic<int> busy_{0};
-  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<int> tasks_{0};
+  std::atomic<int> done_{0};
+  std::atomic<std::uint64_t> state_{0};  // (generation << 32) | next task
   std::atomic<bool> stop_{false};
 };
 

@@ -43,7 +43,6 @@ struct ops {
   static constexpr int TV = 2;   // 16-token tiles
   static constexpr int QB = 6;   // 6 x 2 score accumulators + 2 K^T + 1 broadcast of 16 registers
   static constexpr int PB = 6;   // 6 x 2 output accumulators + 2 V + 1 broadcast
-  static constexpr int DC = 2;
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = false;  // f16 rows: VCVTPH2PS, then an f32 transpose
 
@@ -75,6 +74,9 @@ struct ops {
 
   /// All-ones in lanes 0..n-1.
   static vi first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static bool any_greater(vf x, float y) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(y), _CMP_GT_OQ)) != 0;
+  }
   static vf keep_first(vf x, int n, vf fill) { return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(first(n))); }
 
   /// 2^x for x <= 0, about 1 ulp (see simd_avx512.hpp); 2^n built in the exponent field, so x
@@ -111,6 +113,20 @@ struct ops {
       return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
   }
+  /// Whether load_v gives the (even, odd) dims of a chunk rather than its two halves.
+  template <class T>
+  static constexpr bool v_pairs = std::is_same_v<T, bf16>;
+  /// nd (8 or 16: head dims are multiples of 8) values of a V row as two f32 vectors: the
+  /// halves of the chunk, or for bf16 its even and odd dims; lanes past nd are zero.
+  template <class T>
+  static void load_v(const T* p, int nd, vf& a, vf& b) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      split_bf16(load_pairs(p, nd / 2), a, b);
+    } else {
+      a = load_f32<T>(p, 8);
+      b = nd > 8 ? load_f32<T>(p + 8, 8) : zero();
+    }
+  }
   /// n (1..8) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero (masked: no read past n).
   template <class T>
   static vi load_pairs(const T* p, int n) {
@@ -133,16 +149,19 @@ struct ops {
   /// In-place transpose of 8 x 8 32-bit elements (24 shuffles).
   static void transpose(vi (&r)[8]) {
     vf t[8], u[8];
+    MLKV_UNROLL
     for (int i = 0; i < 4; ++i) {
       t[2 * i] = _mm256_unpacklo_ps(floats(r[2 * i]), floats(r[2 * i + 1]));
       t[2 * i + 1] = _mm256_unpackhi_ps(floats(r[2 * i]), floats(r[2 * i + 1]));
     }
+    MLKV_UNROLL
     for (int i = 0; i < 2; ++i) {
       u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
       u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
       u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
       u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
     }
+    MLKV_UNROLL
     for (int k = 0; k < 4; ++k) {
       r[k] = bits(_mm256_permute2f128_ps(u[k], u[4 + k], 0x20));
       r[4 + k] = bits(_mm256_permute2f128_ps(u[k], u[4 + k], 0x31));

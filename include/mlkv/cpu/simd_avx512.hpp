@@ -48,8 +48,7 @@ struct ops {
   static constexpr int W = 16;   // lanes
   static constexpr int TV = 2;   // 32-token tiles
   static constexpr int QB = 12;  // 12 x 2 score accumulators + 2 K^T + 1 broadcast of 32 registers
-  static constexpr int PB = 6;   // 6 x 4 output accumulators + 4 V + 1 broadcast
-  static constexpr int DC = 4;
+  static constexpr int PB = 12;  // 12 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;  // VPMOVDW + VCVTPH2PS split the transposed f16 pairs
 
@@ -77,6 +76,8 @@ struct ops {
   static __mmask16 first(int n) {
     return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
   }
+  /// True when some lane of x is greater than y.
+  static bool any_greater(vf x, float y) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(y), _CMP_GT_OQ) != 0; }
   /// Lanes 0..n-1 of x, the rest from fill.
   static vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
 
@@ -109,6 +110,23 @@ struct ops {
       return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p));
     }
   }
+  /// Whether load_v gives the (even, odd) dims of a chunk rather than its two halves.
+  template <class T>
+  static constexpr bool v_pairs = std::is_same_v<T, bf16>;
+  /// nd (1..32) values of a V row as two f32 vectors: the halves of the chunk, or for bf16 its
+  /// even and odd dims (one load, two integer operations); lanes past nd are zero.
+  template <class T>
+  static void load_v(const T* p, int nd, vf& a, vf& b) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      split_bf16(_mm512_maskz_loadu_epi32(first((nd + 1) / 2), p), a, b);
+    } else if constexpr (std::is_same_v<T, float>) {
+      a = _mm512_maskz_loadu_ps(first(nd), p);
+      b = _mm512_maskz_loadu_ps(first(nd - 16), p + 16);
+    } else {
+      a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(nd), p));
+      b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(nd - 16), p + 16));
+    }
+  }
   /// n (1..16) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero.
   template <class T>
   static vi load_pairs(const T* p, int n) {
@@ -128,10 +146,12 @@ struct ops {
   /// In-place transpose of 16 x 16 32-bit elements: r[i][j] -> r[j][i] (64 shuffles).
   static void transpose(vi (&r)[16]) {
     vi t[16], u[16];
+    MLKV_UNROLL
     for (int i = 0; i < 8; ++i) {
       t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
       t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
     }
+    MLKV_UNROLL
     for (int i = 0; i < 4; ++i) {
       u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
       u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
@@ -139,6 +159,7 @@ struct ops {
       u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
     }
     // u[4i + k], 128-bit lane L: column 4L + k of rows 4i..4i+3.
+    MLKV_UNROLL
     for (int k = 0; k < 4; ++k) {
       const vi a0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), a1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xdd);
       const vi b0 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xdd);

@@ -31,8 +31,7 @@ struct ops {
   static constexpr int W = 4;
   static constexpr int TV = 2;   // 8-token tiles
   static constexpr int QB = 12;  // 12 x 2 score accumulators + 2 K^T + 1 broadcast of 32 registers
-  static constexpr int PB = 6;   // 6 x 4 output accumulators + 4 V + 1 broadcast
-  static constexpr int DC = 4;
+  static constexpr int PB = 12;  // 12 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;
 
@@ -57,6 +56,7 @@ struct ops {
   }
   static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
 
+  static bool any_greater(vf x, float y) { return vmaxvq_f32(x) > y; }
   static vf keep_first(vf x, int n, vf fill) {
     const int32_t idx[4] = {0, 1, 2, 3};
     return vbslq_f32(vcltq_s32(vld1q_s32(idx), vdupq_n_s32(n)), x, fill);
@@ -92,6 +92,20 @@ struct ops {
       return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)), 16));
     } else {
       return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p))));
+    }
+  }
+  /// Whether load_v gives the (even, odd) dims of a chunk rather than its two halves.
+  template <class T>
+  static constexpr bool v_pairs = std::is_same_v<T, bf16>;
+  /// nd (8: head dims are multiples of 8) values of a V row as two f32 vectors: the halves of
+  /// the chunk, or for bf16 its even and odd dims.
+  template <class T>
+  static void load_v(const T* p, int nd, vf& a, vf& b) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      split_bf16(load_pairs(p, nd / 2), a, b);
+    } else {
+      a = load_f32<T>(p, 4);
+      b = nd > 4 ? load_f32<T>(p + 4, 4) : zero();
     }
   }
   /// n (1..4) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero.

@@ -25,7 +25,6 @@ struct ops {
   static constexpr int TV = 16;  // 16-token tiles
   static constexpr int QB = 4;
   static constexpr int PB = 4;
-  static constexpr int DC = 8;
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = false;
 
@@ -50,6 +49,7 @@ struct ops {
   static vi broadcast_bits(const float* p) { return load_bits(p); }
   static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
 
+  static bool any_greater(vf x, float y) { return x > y; }
   static vf keep_first(vf x, int n, vf fill) { return n >= 1 ? x : fill; }
   static vf exp2(vf x) { return std::exp2(x); }
 
@@ -62,6 +62,14 @@ struct ops {
     vi u;
     std::memcpy(&u, p, sizeof u);
     return u;
+  }
+  /// A chunk of two values is its own (even, odd) split: plain order.
+  template <class T>
+  static constexpr bool v_pairs = false;
+  template <class T>
+  static void load_v(const T* p, int nd, vf& a, vf& b) {
+    a = to_float(p[0]);
+    b = nd > 1 ? to_float(p[1]) : 0.f;
   }
   static void split_bf16(vi x, vf& even, vf& odd) {
     even = bf16_bits_to_float(static_cast<std::uint16_t>(x & 0xffffu));

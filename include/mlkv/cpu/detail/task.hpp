@@ -17,6 +17,10 @@
 #include "../../dtype.hpp"
 #include "../../shape.hpp"
 
+/// Unrolls the loop that follows: loops over compile-time register blocks must be unrolled for
+/// the blocks to stay in registers (GCC's -O2 does not unroll them by itself).
+#define MLKV_UNROLL _Pragma("GCC unroll 16")
+
 namespace mlkv::cpu::detail {
 
 /// Shared by every task of one call.

@@ -1,0 +1,150 @@
+// ISA selection, input checks, and numerics the oracle scenarios do not reach: masked tokens
+// weigh exactly zero, peaked softmaxes do not overflow, and the BF16 dot-product path really
+// reads bf16 queries (the harness's tight bound tells the two apart).
+#include <mlkv/cpu/attention.hpp>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../oracle.hpp"
+#include "cpu_test_util.hpp"
+
+using namespace mlkv_cpu_test;
+using mlkv::cpu::attention_options;
+
+TEST_CASE("ISA paths: names, compile-time default, run-time choice", "[cpu][isa]") {
+  for (isa i : mlkv::cpu::all_isas) {
+    isa back = isa::scalar;
+    REQUIRE(mlkv::cpu::parse_isa(mlkv::cpu::name_of(i), back));
+    REQUIRE(back == i);
+    if (mlkv::cpu::supported(i)) REQUIRE(mlkv::cpu::compiled(i));
+  }
+  isa none = isa::scalar;
+  REQUIRE_FALSE(mlkv::cpu::parse_isa("sse2", none));
+  REQUIRE(mlkv::cpu::compiled(mlkv::cpu::default_isa()));
+  REQUIRE(mlkv::cpu::supported(isa::scalar));
+  const auto usable = mlkv::cpu::supported_isas();
+  REQUIRE(usable.front() == isa::scalar);
+  REQUIRE(usable.back() == mlkv::cpu::best_isa());
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+  // Built for this machine (-march=native on an AVX-512 BF16 CPU): the default is that path.
+  REQUIRE(mlkv::cpu::default_isa() == isa::avx512_bf16);
+  REQUIRE(mlkv::cpu::best_isa() == isa::avx512_bf16);
+#endif
+#if defined(MLKV_CPU_X86)
+  REQUIRE_FALSE(mlkv::cpu::compiled(isa::neon));
+  REQUIRE_THROWS_WITH(mlkv::cpu::require(isa::neon),
+                      Catch::Matchers::StartsWith("mlkv: CPU path neon is not compiled in; usable here: scalar"));
+#endif
+#if defined(MLKV_CPU_NEON)
+  REQUIRE(mlkv::cpu::best_isa() == isa::neon);
+  REQUIRE_THROWS_WITH(mlkv::cpu::require(isa::avx2), "mlkv: CPU path avx2 is not compiled in; usable here: scalar, neon");
+#endif
+}
+
+TEST_CASE("the fast path rejects what the reference rejects, with the same messages", "[cpu]") {
+  constexpr mlkv::model_shape S = mlkv_test::uneven_gqa;
+  mlkv::kv_cache<S, float> cache(2, 10);
+  std::vector<float> q(2 * 12 * 64), out(q.size());
+  auto what = [&](std::vector<std::int32_t> ctx, const std::int32_t* offs, int batch = 2, int hq = 12,
+                  attention_options opt = {}) {
+    try {
+      mlkv::cpu::attention(cache.slot_view(0), hq, q.data(), out.data(), {batch, ctx.data(), offs}, 0.1f, opt);
+    } catch (const mlkv::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  REQUIRE(what({11, 1}, nullptr) == "mlkv: sequence 0 attends over 11 tokens; allowed 1 (its query rows) to 10 (its capacity)");
+  REQUIRE(what({1, 0}, nullptr) == "mlkv: sequence 1 attends over 0 tokens; allowed 1 (its query rows) to 10 (its capacity)");
+  const std::int32_t offs[3] = {0, 2, 2};
+  REQUIRE(what({1, 0}, offs) == "mlkv: sequence 0 attends over 1 tokens; allowed 2 (its query rows) to 10 (its capacity)");
+  REQUIRE(what({2, 0}, offs) == "no error");
+  REQUIRE(what({1, 1}, nullptr, 3) == "mlkv: attention batch (3) must be in [0, 2]");
+  REQUIRE(what({1, 1}, nullptr, 2, 10) == "mlkv: query heads (10) must be a positive multiple of KV heads (4)");
+  REQUIRE(what({1, 1}, nullptr, 2, 12, {.split_tokens = -3}) ==
+          "mlkv: split_tokens (-3) must be 0 (automatic) or positive");
+  // A hand-made view with a head dim the kernels cannot tile.
+  auto v = cache.slot_view(0);
+  v.head_dim = 60;
+  std::int32_t c1[2] = {1, 1};
+  REQUIRE_THROWS_WITH(mlkv::cpu::decode(v, 12, q.data(), out.data(), 2, c1, 0.1f),
+                      "mlkv: head dim (60) must be a multiple of 8 between 8 and 512");
+}
+
+TEST_CASE("masked tokens weigh exactly zero: huge future keys do not leak into earlier rows", "[cpu]") {
+  // Prefill of N rows where the last tokens carry keys 1000x larger: every row that cannot see
+  // them must come out exactly as if they were not there (their scores would otherwise take the
+  // running max and flush every visible weight to zero).
+  constexpr mlkv::model_shape S{.layers = 1, .q_heads = 12, .kv_heads = 1, .kv_layers = 1, .head_dim = 64};
+  constexpr int N = 77, D = 64, Hq = 12;
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  mlkv::kv_cache<S, mlkv::bf16> cache(1, N);
+  auto k = r.vec(std::size_t{N} * D), v = r.vec(std::size_t{N} * D);
+  for (int t = N - 9; t < N; ++t) {
+    for (int d = 0; d < D; ++d) k[static_cast<std::size_t>(t) * D + d] *= 1000.f;
+  }
+  cache.append(0, 0, N, k.data(), v.data());
+  auto q = r.vec(std::size_t{N} * Hq * D);
+  const float scale = mlkv::cpu::default_scale(D);
+  std::vector<float> q_read = q;
+  for (isa i : mlkv::cpu::supported_isas()) {
+    INFO("path " << mlkv::cpu::name_of(i));
+    for (auto& x : q_read) x = rounds_queries<mlkv::bf16>(i) ? mlkv::to_float(mlkv::from_float<mlkv::bf16>(x)) : x;
+    for (int split : {0, 16}) {
+      std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN()), ref(q.size());
+      const std::int32_t ctx = N, offs[2] = {0, N};
+      mlkv::cpu::attention(cache.slot_view(0), Hq, q.data(), out.data(), {1, &ctx, offs}, scale,
+                           {.isa = i, .split_tokens = split});
+      mlkv::cpu::reference_attention(cache.slot_view(0), Hq, q_read.data(), ref.data(), {1, &ctx, offs}, scale);
+      for (float x : out) REQUIRE(std::isfinite(x));
+      // Rows before the huge keys: as tight as anywhere else.
+      const std::size_t early = static_cast<std::size_t>(N - 9) * Hq * D;
+      REQUIRE(mlkv_test::rel_err(std::vector<float>(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(early)),
+                                 std::vector<float>(ref.begin(), ref.begin() + static_cast<std::ptrdiff_t>(early))) <=
+              mlkv_test::tight_bound);
+      // Rows that see them: a softmax peaked on a few tokens (scores differ by thousands).
+      REQUIRE(mlkv_test::rel_err(out, ref) <= mlkv_test::tight_bound);
+    }
+  }
+}
+
+TEST_CASE("the BF16 dot-product path reads bf16 queries: the tight bound tells it apart", "[cpu]") {
+  // The harness checks the avx512_bf16 path against an oracle that rounds q to bf16. This shows
+  // that the option is what makes it pass (against unrounded q the error is ~100x the tight
+  // bound) and that the tight bound still catches one token too many or too few.
+  if (!mlkv::cpu::supported(isa::avx512_bf16)) {
+    WARN("no AVX-512 BF16 on this CPU: nothing to check");
+    return;
+  }
+  constexpr mlkv::model_shape S{.layers = 1, .q_heads = 12, .kv_heads = 1, .kv_layers = 1, .head_dim = 64};
+  constexpr int Hq = 12, D = 64;
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  for (int ctx : {2, 37, 613}) {
+    INFO("context " << ctx);
+    mlkv::kv_cache<S, mlkv::bf16> cache(1, ctx);
+    const auto k = r.vec(static_cast<std::size_t>(ctx) * D), v = r.vec(static_cast<std::size_t>(ctx) * D);
+    cache.append(0, 0, ctx, k.data(), v.data());
+    const auto q = r.vec(std::size_t{Hq} * D);
+    std::vector<double> ks(k.size()), vs(v.size()), qx(q.begin(), q.end()), qb(q.size());
+    for (std::size_t i = 0; i < k.size(); ++i) {
+      ks[i] = mlkv_test::quantized<mlkv::bf16>(k[i]);
+      vs[i] = mlkv_test::quantized<mlkv::bf16>(v[i]);
+    }
+    for (std::size_t i = 0; i < q.size(); ++i) qb[i] = mlkv_test::quantized<mlkv::bf16>(q[i]);
+    const double scale = mlkv::cpu::default_scale(D);
+    std::vector<float> out(q.size());
+    const std::int32_t c = ctx;
+    mlkv::cpu::decode(cache.slot_view(0), Hq, q.data(), out.data(), 1, &c, static_cast<float>(scale),
+                      {.isa = isa::avx512_bf16});
+    std::vector<double> want(q.size()), unrounded(q.size()), fewer(q.size());
+    oracle::attention(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, want.data());
+    oracle::attention(qx.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, unrounded.data());
+    oracle::attention(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx - 1, scale, fewer.data());
+    CHECK(mlkv_test::rel_err(out, want) <= mlkv_test::tight_bound);
+    CHECK(mlkv_test::rel_err(out, unrounded) > 10 * mlkv_test::tight_bound);
+    CHECK(mlkv_test::rel_err(out, fewer) > 10 * mlkv_test::tight_bound);
+  }
+}
