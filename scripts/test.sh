@@ -30,6 +30,15 @@ if ! command -v clang++ >/dev/null || ! have_fuzzer; then
   { apt-get update -qq && apt-get install -y -qq --no-install-recommends clang libclang-rt-dev >/dev/null; } ||
     echo "clang's libFuzzer runtime could not be installed: the fuzz targets are skipped"
 fi
+# The CPU kernels' NEON path is cross-compiled for AArch64 and its tests run under qemu-user
+# (tests/cpu/CMakeLists.txt); without the tools they are skipped, so a failed install does not
+# stop the suite.
+if [ "$(uname -m)" = x86_64 ] && { ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; }; then
+  echo "installing: g++-aarch64-linux-gnu qemu-user (NEON tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null; } ||
+    echo "the aarch64 cross compiler or qemu-user could not be installed: the NEON tests are skipped"
+fi
 
 jobs=$(nproc)
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DMLKV_BUILD_BENCH=ON

@@ -105,8 +105,10 @@ TEST_CASE("masked tokens weigh exactly zero: huge future keys do not leak into e
       REQUIRE(mlkv_test::rel_err(std::vector<float>(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(early)),
                                  std::vector<float>(ref.begin(), ref.begin() + static_cast<std::ptrdiff_t>(early))) <=
               mlkv_test::tight_bound);
-      // Rows that see them: a softmax peaked on a few tokens (scores differ by thousands).
-      REQUIRE(mlkv_test::rel_err(out, ref) <= mlkv_test::tight_bound);
+      // Rows that see them: a softmax peaked on a few tokens. Their scores reach ~500 (base 2),
+      // where one f32 ulp is 3e-5 and a weight 2^(s - m) moves by ~2e-5 per ulp of s; the kernel
+      // and the reference sum the 64 products in different orders, so a few ulps apart.
+      REQUIRE(mlkv_test::rel_err(out, ref) <= 1e-3);
     }
   }
 }
