@@ -35,6 +35,9 @@ struct ops {
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;
 
+  /// Prefetches the line at p into L2 (an asm statement: GCC may delete a loop of nothing but
+  /// __builtin_prefetch calls).
+  static void prefetch(const char* p) { __asm__ volatile("prfm pldl2keep, %0" : : "Q"(*p)); }
   static vf zero() { return vdupq_n_f32(0.f); }
   static vf set1(float x) { return vdupq_n_f32(x); }
   static vf load(const float* p) { return vld1q_f32(p); }

@@ -28,6 +28,8 @@ struct ops {
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = false;
 
+  /// A prefetch hint (the compiler may drop it: the portable path does not rely on it).
+  static void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
   static vf zero() { return 0.f; }
   static vf set1(float x) { return x; }
   static vf load(const float* p) { return *p; }
