@@ -17,6 +17,9 @@
 // own reference attention (plain loops, one thread) and its other paths (scalar, avx2, avx512
 // without the BF16 dot product) on a few rows, in the same run.
 //
+// The K/V of a row live in one buffer per K and V, laid out as the contiguous cache's slot
+// ([batch, kv_heads, context, head_dim]), on transparent huge pages where Linux offers them.
+//
 // Usage: cpu_attention [--quick] [--threads N] [--isa NAME] [--out FILE] [--no-peers]
 // Writes bench/results/cpu_attention.json (or FILE).
 
@@ -35,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -42,6 +46,9 @@
 
 #if defined(MLKV_CPU_X86)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 #ifndef MLKV_SOURCE_DIR
@@ -258,6 +265,7 @@ struct row {
   int threads;
   isa path;
   std::string label;  // the path's name, or "reference"
+  bool dot = false;   // q.k on VDPBF16PS (compute limit: BF16-dot and FMA peaks blended)
   double us, kv_bytes, flops, compute_limit;
 };
 
@@ -301,13 +309,37 @@ double best_us(F&& step, int min_reps, double budget) {
   return best * 1e6;
 }
 
+/// KV memory of a row: 2 MiB aligned and, on Linux, on transparent huge pages (madvise), as an
+/// engine places its cache (the paged pool does the same): with 4 KiB pages a decode step walks
+/// the page tables twice per tile of K and V and the hardware prefetchers stop at every page.
+template <class T>
+class kv_memory {
+ public:
+  explicit kv_memory(std::size_t n) : bytes_((n * sizeof(T) + align - 1) / align * align) {
+    p_ = static_cast<T*>(std::aligned_alloc(align, bytes_));
+    if (p_ == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p_, bytes_, MADV_HUGEPAGE);  // a hint: without THP the pages stay 4 KiB
+#endif
+  }
+  kv_memory(const kv_memory&) = delete;
+  kv_memory& operator=(const kv_memory&) = delete;
+  ~kv_memory() { std::free(p_); }
+  T* data() { return p_; }
+
+ private:
+  static constexpr std::size_t align = std::size_t{2} << 20;
+  std::size_t bytes_;
+  T* p_ = nullptr;
+};
+
 template <class T>
 row run_row(mlkv::cpu::executor& pool, const options& o, const std::string& phase, geometry g, int batch, int context,
             isa path, double fma_peak, double dot_peak, bool reference_peer = false) {
   const int Hkv = g.kv_heads, D = g.head_dim, Hq = g.q_heads;
   const std::size_t per_head = static_cast<std::size_t>(context) * D;
   const std::size_t values = static_cast<std::size_t>(batch) * Hkv * per_head;
-  mlkv::aligned_buffer<T> k(values), v(values);
+  kv_memory<T> k(values), v(values);
   fill(pool, k.data(), values, 1);
   fill(pool, v.data(), values, 2);
   mlkv::contiguous_slot_view<T> view;
@@ -339,8 +371,8 @@ row run_row(mlkv::cpu::executor& pool, const options& o, const std::string& phas
   r.kv_bytes = static_cast<double>(values) * 2 * sizeof(T);
   const double visible = decode ? static_cast<double>(batch) * context : 0.5 * context * (context + 1.0);
   r.flops = 4.0 * Hq * D * visible;
-  const bool dot = path == isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16>;
-  r.compute_limit = dot ? 2.0 / (1.0 / dot_peak + 1.0 / fma_peak) : fma_peak;
+  r.dot = path == isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16> && !reference_peer;
+  r.compute_limit = r.dot ? 2.0 / (1.0 / dot_peak + 1.0 / fma_peak) : fma_peak;
   const double budget = o.quick ? 0.15 : 0.5;
   const int min_reps = o.quick ? 3 : 5;
   if (reference_peer) {
@@ -423,10 +455,10 @@ int main(int argc, char** argv) {
               std::string(mlkv::cpu::name_of(mlkv::cpu::best_isa())).c_str());
 
   // Limits, measured now, on every thread at once.
-  const double bw = measure_read_gbps(pool, o.quick ? (std::size_t{512} << 20) : (std::size_t{2} << 30), o.quick ? 3 : 6);
-  const double fma_peak = measure_peak(pool, false, o.quick ? 3 : 5);
+  double bw = measure_read_gbps(pool, o.quick ? (std::size_t{512} << 20) : (std::size_t{2} << 30), o.quick ? 3 : 6);
+  double fma_peak = measure_peak(pool, false, o.quick ? 3 : 5);
   const bool have_dot = mlkv::cpu::supported(isa::avx512_bf16);
-  const double dot_peak = have_dot ? measure_peak(pool, true, o.quick ? 3 : 5) : 0.0;
+  double dot_peak = have_dot ? measure_peak(pool, true, o.quick ? 3 : 5) : 0.0;
   std::printf("read bandwidth: %.2f GB/s (%s buffer, best of runs)\n", bw, o.quick ? "512 MiB" : "2 GiB");
   std::printf("peak f32 FMA: %.1f GFLOP/s; peak BF16 dot (VDPBF16PS): %.1f GFLOP/s (all %d threads, best of runs)\n",
               fma_peak, dot_peak, T);
@@ -494,6 +526,30 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The limits once more: a program sharing the machine lowers a measurement, never raises it,
+  // so the best of the two runs (before and after the rows) is the machine's.
+  {
+    const double bw2 = measure_read_gbps(pool, o.quick ? (std::size_t{512} << 20) : (std::size_t{2} << 30), o.quick ? 3 : 6);
+    const double fma2 = measure_peak(pool, false, o.quick ? 3 : 5);
+    const double dot2 = have_dot ? measure_peak(pool, true, o.quick ? 3 : 5) : 0.0;
+    std::printf("\nlimits measured again after the rows: %.2f GB/s, FMA %.1f, BF16 dot %.1f GFLOP/s\n", bw2, fma2, dot2);
+    if (bw2 > bw || fma2 > fma_peak || dot2 > dot_peak) {
+      bw = std::max(bw, bw2);
+      const double fma_new = std::max(fma_peak, fma2), dot_new = std::max(dot_peak, dot2);
+      for (auto* list : {&rows, &peers}) {
+        for (row& r : *list) r.compute_limit = r.dot ? 2.0 / (1.0 / dot_new + 1.0 / fma_new) : fma_new;
+      }
+      fma_peak = fma_new;
+      dot_peak = dot_new;
+      std::printf("limits used for the percentages (best of both): %.2f GB/s, FMA %.1f, BF16 dot %.1f GFLOP/s\n", bw,
+                  fma_peak, dot_peak);
+      std::printf("the rows against these limits:\n");
+      print_header();
+      for (const row& r : rows) print_row(r, bw);
+      for (const row& r : peers) print_row(r, bw);
+    }
+  }
+
   // JSON.
   std::ofstream f(o.out);
   if (!f) {
@@ -506,6 +562,8 @@ int main(int argc, char** argv) {
   f << "  \"bf16_dot_gflops_limit\": " << dot_peak << ",\n";
   f << "  \"isa\": \"" << mlkv::cpu::name_of(o.path) << "\",\n";
   f << "  \"quick\": " << (o.quick ? "true" : "false") << ",\n";
+  f << "  \"kv_memory\": \"K and V buffers laid out as the contiguous cache's slot, 2 MiB aligned, "
+       "madvise(MADV_HUGEPAGE)\",\n";
   f << "  \"step\": \"one layer's attention over one owner slot for the whole batch; decode: one query row per "
        "sequence over `context` cached tokens; prefill: `context` causal rows of one sequence. us_per_step is the "
        "best of repeated steps. kv_gbps: K and V bytes of the context (read once) per step time. gflops: 4 * q_heads "

@@ -20,6 +20,10 @@
 ///    blocks near the end of a causal sequence read more tokens, so the biggest go first.
 /// Results do not depend on the thread count beyond rounding: the chunking depends on the
 /// executor's concurrency, and a different chunking sums in a different order.
+///
+/// Instantiations: one kernel per (ISA path, storage type, view type); the head dim, the group
+/// size and the model geometry are run-time values (the register blocks are over queries and
+/// SIMD vectors, not over them), so a model adds no kernel code.
 
 #include <algorithm>
 #include <atomic>
@@ -124,12 +128,16 @@ task_fn<View> kernel_for(cpu::isa i) {
   }
 }
 
-/// The work of one call, cut into tasks (kept per calling thread and reused).
+/// The work of one call, cut into tasks (kept per calling thread and reused, so that a step
+/// allocates nothing once the buffers have grown).
 struct plan {
-  std::vector<task_desc> tasks;
+  std::vector<task_desc> blocks;      ///< (sequence, KV head, heads, rows) blocks
+  std::vector<task_desc> tasks;       ///< the blocks cut into context chunks
   std::vector<int> unit_of;           ///< per task: its merge unit, or -1
+  std::vector<int> order;             ///< task indices, biggest first
   std::vector<merge_unit> units;
   std::vector<int> pending;           ///< per unit: chunks not finished yet
+  std::vector<int> next_chunk;        ///< per unit: chunks handed a partial buffer so far
   aligned_buffer<float> partials;
 };
 
@@ -164,11 +172,12 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
   // Blocks of (sequence, KV head, heads, rows).
   const int head_chunks = (G + max_task_heads - 1) / max_task_heads;
   plan& pl = thread_plan();
+  pl.blocks.clear();
   pl.tasks.clear();
   pl.unit_of.clear();
   pl.units.clear();
   pl.pending.clear();
-  std::vector<task_desc>& blocks = pl.tasks;  // first the blocks, then cut into tasks below
+  std::vector<task_desc>& blocks = pl.blocks;
   long long max_visible = 0;
   for (int b = 0; b < ab.batch; ++b) {
     const int n = ab.rows(b), ctx = ab.context[b];
@@ -205,8 +214,7 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
     chunk = std::max<long long>(min_chunk, ((max_visible + want - 1) / want + 63) / 64 * 64);
   }
 
-  std::vector<task_desc> cut;
-  cut.reserve(blocks.size());
+  std::vector<task_desc>& cut = pl.tasks;
   std::size_t partial_total = 0;
   for (const task_desc& blk : blocks) {
     const long long chunks = (blk.t1 + chunk - 1) / chunk;
@@ -235,20 +243,22 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
       off += static_cast<std::size_t>(u.chunks) * partial_floats(u.where.rows * u.where.heads, D);
     }
   }
-  std::vector<int> next_chunk(pl.units.size(), 0);
+  pl.next_chunk.assign(pl.units.size(), 0);
   for (std::size_t i = 0; i < cut.size(); ++i) {
     const int u = pl.unit_of[i];
     if (u < 0) continue;
     const merge_unit& mu = pl.units[static_cast<std::size_t>(u)];
-    cut[i].partial = mu.partials + static_cast<std::size_t>(next_chunk[static_cast<std::size_t>(u)]++) *
+    cut[i].partial = mu.partials + static_cast<std::size_t>(pl.next_chunk[static_cast<std::size_t>(u)]++) *
                                        partial_floats(mu.where.rows * mu.where.heads, D);
   }
   // Biggest tasks first (causal prefill blocks differ in length; decode contexts may too).
-  std::vector<int> order(cut.size());
+  std::vector<int>& order = pl.order;
+  order.resize(cut.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+  std::sort(order.begin(), order.end(), [&](int a, int b) {  // ties in index order: deterministic
     const auto work = [&](const task_desc& t) { return static_cast<long long>(t.t1 - t.t0) * t.rows * t.heads; };
-    return work(cut[static_cast<std::size_t>(a)]) > work(cut[static_cast<std::size_t>(b)]);
+    const long long wa = work(cut[static_cast<std::size_t>(a)]), wb = work(cut[static_cast<std::size_t>(b)]);
+    return wa != wb ? wa > wb : a < b;
   });
 
   const task_fn<View> kernel = kernel_for<View>(opt.isa);
