@@ -96,7 +96,8 @@ void long_context_threads(isa i, const std::vector<executor*>& pools, double& wo
     for (executor* ex : pools) {
       INFO("threads " << ex->concurrency());
       std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
-      mlkv::cpu::attention(cache.slot_view(0), Hq, q.data(), out.data(), ab, scale, {.isa = i, .exec = ex});
+      mlkv::cpu::attention(cache.slot_view(0), Hq, q.data(), out.data(), ab, scale,
+                           {.isa = i, .exec = ex, .prefetch_min_bytes = ex->concurrency() == 2 ? 0 : std::size_t{16} << 20});
       CHECK(mlkv_test::rel_err(out, ref) <= mlkv_test::tight_bound);
       if (first.empty()) {
         first = out;

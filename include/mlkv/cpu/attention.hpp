@@ -57,6 +57,10 @@ struct attention_options {
   /// 0: choose context chunks automatically. n > 0: cut every query block's context into chunks
   /// of n tokens, merged by log-sum-exp (for tests and tuning; any n >= 1 is valid).
   int split_tokens = 0;
+  /// Software prefetch of the K/V rows two tiles ahead when the call reads at least this many
+  /// bytes of K/V (then they come from DRAM, and the prefetches keep it busy; on a cache-resident
+  /// context they only cost issue slots). 0: always; a huge value: never.
+  std::size_t prefetch_min_bytes = std::size_t{16} << 20;
 };
 
 namespace detail {
@@ -164,7 +168,12 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
   if (ab.batch == 0 || ab.total_rows() == 0) return;
 
   const int Hkv = kv.kv_heads, G = q_heads / Hkv, D = kv.head_dim;
-  const call_desc c{q, out, q_heads, G, D, scale * 1.4426950408889634f};
+  double kv_bytes = 0;  // K and V bytes the call reads
+  for (int b = 0; b < ab.batch; ++b) {
+    if (ab.rows(b) > 0) kv_bytes += 2.0 * ab.context[b] * Hkv * D * sizeof(typename View::value_type);
+  }
+  const call_desc c{q, out, q_heads, G, D, scale * 1.4426950408889634f,
+                    kv_bytes >= static_cast<double>(opt.prefetch_min_bytes)};
   serial_executor serial;
   executor& ex = opt.exec != nullptr ? *opt.exec : serial;
   const int conc = std::max(1, ex.concurrency());

@@ -31,6 +31,7 @@ struct call_desc {
   int group = 0;      ///< query heads per KV head
   int head_dim = 0;
   float qscale = 0;   ///< softmax scale * log2(e): scores are kept in base-2 units
+  bool prefetch = false;  ///< prefetch K/V rows ahead (when they will not be in the caches)
 };
 
 /// One task (see the file comment).
