@@ -24,6 +24,11 @@
 /// Instantiations: one kernel per (ISA path, storage type, view type); the head dim, the group
 /// size and the model geometry are run-time values (the register blocks are over queries and
 /// SIMD vectors, not over them), so a model adds no kernel code.
+///
+/// Memory: a step that streams the cache from DRAM prefetches the rows two tiles ahead (see
+/// attention_options::prefetch_min_bytes). Put large caches on huge pages (madvise
+/// MADV_HUGEPAGE, as the paged pool does): with 4 KiB pages every tile of K and V starts a new
+/// page, with a table walk and a hardware-prefetch restart each.
 
 #include <algorithm>
 #include <atomic>
