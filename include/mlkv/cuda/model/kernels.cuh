@@ -1,0 +1,310 @@
+#pragma once
+/// \file cuda/model/kernels.cuh
+/// The small fused kernels of the CUDA model (cuda/model/gpt_neox.cuh): embedding gather,
+/// residual + LayerNorm (one or two LayerNorms of the same row), the Q/K/V split with bias and
+/// rotary on the queries, bias + activation, storage conversion and a greedy argmax. Every kernel
+/// takes one row per block (or a flat element range), reads only what its arguments name and
+/// writes NaN where its input is out of range on the device (a token outside the vocabulary),
+/// since a device kernel cannot throw. Launchers take a stream and never synchronise.
+///
+/// Element types: `A` is the activation type fed to the linear layers (float or mlkv::bf16, the
+/// weights' type), `T` the cache storage type (mlkv::f16 or mlkv::bf16); the residual stream and
+/// every linear output are f32.
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "../../dtype.hpp"
+#include "../../io/hf_config.hpp"
+#include "../../shape.hpp"
+#include "../common.cuh"
+
+namespace mlkv::cuda::model_detail {
+
+/// Threads of the row kernels; a row of up to row_threads * max_row_per_thread values stays in
+/// registers.
+inline constexpr int row_threads = 256;
+inline constexpr int max_row_per_thread = 32;
+/// Widest hidden size the LayerNorm kernel holds in registers.
+inline constexpr int max_hidden = row_threads * max_row_per_thread;
+
+template <class A>
+__device__ __forceinline__ float load_act(const A* p) {
+  if constexpr (std::is_same_v<A, float>) {
+    return *p;
+  } else {
+    return mlkv::cuda::detail::from_bits<A>(p->bits);
+  }
+}
+template <class A>
+__device__ __forceinline__ void store_act(A* p, float x) {
+  if constexpr (std::is_same_v<A, float>) {
+    *p = x;
+  } else {
+    p->bits = mlkv::cuda::detail::to_bits<A>(x);
+  }
+}
+
+/// Sum over the block (row_threads threads); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+#pragma unroll
+  for (int w = 0; w < row_threads / 32; ++w) s += red[w];
+  return s;
+}
+
+/// x[r, :] = embed[tokens[r], :] (f32). A token outside [0, vocab) gives a NaN row.
+/// tokens: [rows]; embed: [vocab, hidden]; x: [rows, hidden]
+template <class W>
+__global__ void __launch_bounds__(row_threads) embed_kernel(const std::int32_t* __restrict__ tokens,
+                                                            const W* __restrict__ embed, int hidden, int vocab,
+                                                            float* __restrict__ x) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const int r = blockIdx.x;
+  const int t = tokens[r];
+  const bool ok = t >= 0 && t < vocab;
+  float* xr = x + static_cast<std::size_t>(r) * hidden;
+  const W* er = embed + static_cast<std::size_t>(ok ? t : 0) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) xr[i] = ok ? load_act(er + i) : __int_as_float(0x7fc00000);
+}
+
+/// Parameters of the residual + LayerNorm kernel (one block per output row).
+template <class A>
+struct residual_ln_params {
+  float* x = nullptr;            ///< [rows, hidden] residual stream, updated in place when adds are given
+  const float* add1 = nullptr;   ///< [rows, hidden] or null
+  const float* bias1 = nullptr;  ///< [hidden] or null (with add1)
+  const float* add2 = nullptr;   ///< [rows, hidden] or null: x = ((add2 + bias2) + (add1 + bias1)) + x
+  const float* bias2 = nullptr;
+  const float* w1 = nullptr;     ///< LayerNorm 1 [hidden]
+  const float* b1 = nullptr;
+  A* out1 = nullptr;             ///< [out rows, hidden]
+  const float* w2 = nullptr;     ///< LayerNorm 2 [hidden] or null
+  const float* b2 = nullptr;
+  A* out2 = nullptr;
+  const std::int32_t* src = nullptr;  ///< out row i reads x row src[i] (null: row i); no adds then
+  int hidden = 0;
+  float eps = 1e-5f;
+};
+
+/// x += adds (in the CPU model's order), then out1 = LN1(x), out2 = LN2(x) (biased variance,
+/// as torch.nn.LayerNorm; mean and variance in two passes over the row held in registers).
+template <class A>
+__global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual_ln_params<A> p) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  __shared__ float red[row_threads / 32];
+  const int row = blockIdx.x;
+  const int src = p.src != nullptr ? p.src[row] : row;
+  const int H = p.hidden;
+  float* xr = p.x + static_cast<std::size_t>(src) * H;
+  float v[max_row_per_thread];
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < max_row_per_thread; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    float val = 0.f;
+    if (i < H) {
+      val = xr[i];
+      if (p.add1 != nullptr) {
+        const std::size_t o = static_cast<std::size_t>(src) * H + i;
+        float a1 = p.add1[o];
+        if (p.bias1 != nullptr) a1 += p.bias1[i];
+        if (p.add2 != nullptr) {
+          float a2 = p.add2[o];
+          if (p.bias2 != nullptr) a2 += p.bias2[i];
+          a1 = a2 + a1;
+        }
+        val = a1 + val;
+        xr[i] = val;
+      }
+    }
+    v[j] = val;
+    sum += val;
+  }
+  const float mean = block_sum(sum, red) / static_cast<float>(H);
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < max_row_per_thread; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if (i < H) sq += (v[j] - mean) * (v[j] - mean);
+  }
+  const float var = block_sum(sq, red) / static_cast<float>(H);
+  const float inv = rsqrtf(var + p.eps);
+  A* o1 = p.out1 + static_cast<std::size_t>(row) * H;
+  A* o2 = p.out2 != nullptr ? p.out2 + static_cast<std::size_t>(row) * H : nullptr;
+#pragma unroll
+  for (int j = 0; j < max_row_per_thread; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if (i < H) {
+      const float n = (v[j] - mean) * inv;
+      store_act(o1 + i, n * p.w1[i] + p.b1[i]);
+      if (o2 != nullptr) store_act(o2 + i, n * p.w2[i] + p.b2[i]);
+    }
+  }
+}
+
+/// The rotary table by value (as append.cuh's).
+struct rope_table {
+  int rotary_dims = 0;
+  float inv_freq[max_head_dim / 2];
+};
+
+/// Splits one row of the fused Q/K/V projection: q = rope(qkv[0:q_dim] + bias) rounded to T;
+/// k, v = qkv[q_dim:] + bias (f32; append rotates k). The position of row r is pos[r], or
+/// context[r] - 1 when pos is null (decode: row r is sequence r's new token).
+/// qkv: [rows, qkv_ld]; q: [rows, q_dim]; k, v: [rows, kv_dim] (only when kv_dim > 0)
+template <class T>
+__global__ void __launch_bounds__(row_threads) qkv_split_kernel(const float* __restrict__ qkv, int qkv_ld,
+                                                                const float* __restrict__ bias, int q_dim,
+                                                                int kv_dim, int head_dim,
+                                                                const std::int32_t* __restrict__ pos,
+                                                                const std::int32_t* __restrict__ context,
+                                                                const rope_table rope, T* __restrict__ q,
+                                                                float* __restrict__ k, float* __restrict__ v) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const int r = blockIdx.x;
+  const float* row = qkv + static_cast<std::size_t>(r) * qkv_ld;
+  const int p = pos != nullptr ? pos[r] : context[r] - 1;
+  const int half = rope.rotary_dims / 2;
+  std::uint16_t* qo = reinterpret_cast<std::uint16_t*>(q) + static_cast<std::size_t>(r) * q_dim;
+  for (int e = threadIdx.x; e < q_dim; e += blockDim.x) {
+    const int d = e % head_dim;
+    float x = row[e] + bias[e];
+    if (d < 2 * half) {
+      // rope.hpp's arithmetic: products and sums rounded separately.
+      const int fi = d < half ? d : d - half;
+      const float angle = __fmul_rn(static_cast<float>(p), rope.inv_freq[fi]);
+      float s, c;
+      sincosf(angle, &s, &c);
+      if (d < half) {
+        const float y = row[e + half] + bias[e + half];
+        x = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+      } else {
+        const float y = row[e - half] + bias[e - half];
+        x = __fadd_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+      }
+    }
+    qo[e] = mlkv::cuda::detail::to_bits<T>(x);
+  }
+  for (int e = threadIdx.x; e < kv_dim; e += blockDim.x) {
+    k[static_cast<std::size_t>(r) * kv_dim + e] = row[q_dim + e] + bias[q_dim + e];
+    v[static_cast<std::size_t>(r) * kv_dim + e] = row[q_dim + kv_dim + e] + bias[q_dim + kv_dim + e];
+  }
+}
+
+__device__ __forceinline__ float activate(io::activation a, float x) {
+  switch (a) {
+    case io::activation::gelu_tanh: {
+      const float c = 0.7978845608028654f;
+      return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+    }
+    case io::activation::relu: return x > 0.f ? x : 0.f;
+    case io::activation::silu: return x / (1.0f + expf(-x));
+    case io::activation::gelu:
+    default: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+  }
+}
+
+/// out[r, i] = act(in[r, i] + bias[i]) for rows x n values.
+template <class A>
+__global__ void bias_act_kernel(const float* __restrict__ in, const float* __restrict__ bias, std::size_t total, int n,
+                                io::activation act, A* __restrict__ out) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int c = static_cast<int>(i % static_cast<std::size_t>(n));
+    store_act(out + i, activate(act, in[i] + bias[c]));
+  }
+}
+
+/// out[i] = in[i] converted from the cache type T to the activation type A.
+template <class T, class A>
+__global__ void convert_kernel(const T* __restrict__ in, std::size_t total, A* __restrict__ out) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    store_act(out + i, mlkv::cuda::detail::from_bits<T>(in[i].bits));
+  }
+}
+
+/// out[r] = the first index of the largest logit of row r (std::max_element's choice; NaNs are
+/// never chosen; a row of NaN gives 0). logits: [rows, vocab]
+template <int Unused = 0>
+__global__ void __launch_bounds__(row_threads) argmax_kernel(const float* __restrict__ logits, int vocab,
+                                                             std::int32_t* __restrict__ out) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  __shared__ float sv[row_threads / 32];
+  __shared__ int si[row_threads / 32];
+  const float* row = logits + static_cast<std::size_t>(blockIdx.x) * vocab;
+  float best = -INFINITY;
+  int idx = 0x7fffffff;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float x = row[i];
+    if (x > best) {  // increasing i: the first maximum of this thread's stripe wins ties
+      best = x;
+      idx = i;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (ob > best || (ob == best && oi < idx)) {
+      best = ob;
+      idx = oi;
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sv[warp] = best;
+    si[warp] = idx;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < row_threads / 32; ++w) {
+      if (sv[w] > best || (sv[w] == best && si[w] < idx)) {
+        best = sv[w];
+        idx = si[w];
+      }
+    }
+    out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+  }
+}
+
+/// Fills n values of T with uniform values in [-scale, scale) from a hash of (seed, index): cache
+/// contents for benchmarks that do not prefill (never time on zeros).
+template <class T>
+__global__ void fill_random_kernel(T* __restrict__ out, std::size_t n, std::uint64_t seed, float scale) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(static_cast<std::int64_t>(z >> 40) - (1ll << 23)) * 0x1p-23f;
+    store_act(out + i, u * scale);
+  }
+}
+
+/// Grid size for the flat kernels: enough blocks for the elements, at most 8 per SM-ish (capped).
+inline unsigned flat_blocks(std::size_t total, int threads = 256) {
+  const std::size_t b = (total + static_cast<std::size_t>(threads) - 1) / static_cast<std::size_t>(threads);
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 4096 ? 4096 : b));
+}
+
+}  // namespace mlkv::cuda::model_detail
