@@ -90,15 +90,32 @@ def hf_model(seed):
     gen = torch.Generator().manual_seed(seed + 1)
     sd = dict(model.named_parameters())
     perturb_(sd, gen)
+    try:
+        print("HF rotary inv_freq:", tuple(model.gpt_neox.rotary_emb.inv_freq.shape), flush=True)
+    except Exception:
+        pass
     return model, cfg
 
 
-KNOWN = ("embed_in.weight", "final_layer_norm.", "embed_out.weight", "input_layernorm.", "post_attention_layernorm.",
-         "attention.query_key_value.", "attention.dense.", "mlp.dense_h_to_4h.", "mlp.dense_4h_to_h.")
-
-
 def hf_tensors(model):
-    return {k: v for k, v in model.state_dict().items() if any(s in k for s in KNOWN)}
+    """The model's parameters under Hugging Face's GPT-NeoX checkpoint names, read off the modules
+    (so a renamed state_dict key in some transformers release does not matter), as f32 copies."""
+    base = model.gpt_neox if hasattr(model, "gpt_neox") else model.base_model
+    c = lambda p: p.detach().float().clone()
+    t = {"gpt_neox.embed_in.weight": c(model.get_input_embeddings().weight),
+         "embed_out.weight": c(model.get_output_embeddings().weight),
+         "gpt_neox.final_layer_norm.weight": c(base.final_layer_norm.weight),
+         "gpt_neox.final_layer_norm.bias": c(base.final_layer_norm.bias)}
+    for l, layer in enumerate(base.layers):
+        p = "gpt_neox.layers.%d." % l
+        for name, mod in (("input_layernorm", layer.input_layernorm),
+                          ("post_attention_layernorm", layer.post_attention_layernorm),
+                          ("attention.query_key_value", layer.attention.query_key_value),
+                          ("attention.dense", layer.attention.dense),
+                          ("mlp.dense_h_to_4h", layer.mlp.dense_h_to_4h),
+                          ("mlp.dense_4h_to_h", layer.mlp.dense_4h_to_h)):
+            t[p + name + ".weight"], t[p + name + ".bias"] = c(mod.weight), c(mod.bias)
+    return t
 
 
 @torch.no_grad()

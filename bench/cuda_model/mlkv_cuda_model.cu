@@ -169,6 +169,8 @@ struct bench_options {
   int context = 2048;
   double mem_frac = 0.8;
   std::string out = "cuda_model.json";
+  int steps = 0;        ///< fixed timed steps (0: about 0.3 s worth)
+  bool measure_bw = true;
 };
 
 struct row {
@@ -258,7 +260,8 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
     t.start(s);
     m.decode(cache, ids, m.next_tokens(), true);
     const double one_ms = t.stop_ms(s);
-    const int steps = std::clamp(static_cast<int>(300.0 / std::max(one_ms, 1e-3)), 5, max_steps - 4);
+    const int steps = o.steps > 0 ? std::min(o.steps, max_steps - 4)
+                                  : std::clamp(static_cast<int>(300.0 / std::max(one_ms, 1e-3)), 5, max_steps - 4);
     t.start(s);
     for (int i = 0; i < steps; ++i) m.decode(cache, ids, m.next_tokens(), true);
     const double ms = t.stop_ms(s);
@@ -300,6 +303,8 @@ int bench_main(int argc, char** argv) {
     else if (a == "--context") o.context = std::atoi(next().c_str());
     else if (a == "--mem-frac") o.mem_frac = std::atof(next().c_str());
     else if (a == "--out") o.out = next();
+    else if (a == "--steps") o.steps = std::atoi(next().c_str());
+    else if (a == "--no-bw") o.measure_bw = false;
     else usage("unknown argument " + a);
   }
   if (o.context < 2 || o.context > 1 << 20) usage("--context must be in [2, 1048576]");
@@ -311,7 +316,7 @@ int bench_main(int argc, char** argv) {
   std::size_t free_b = 0, total_b = 0;
   MLKV_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   std::string bw_shape;
-  const double bw = read_bandwidth(s, prop.multiProcessorCount, bw_shape);
+  const double bw = o.measure_bw ? read_bandwidth(s, prop.multiProcessorCount, bw_shape) : 3e12;
   std::printf("%s: %d SMs, %.1f GiB (%.1f GiB free); read bandwidth %.3f TB/s (%s)\n", prop.name,
               prop.multiProcessorCount, total_b / 1073741824.0, free_b / 1073741824.0, bw / 1e12, bw_shape.c_str());
   const std::size_t budget = static_cast<std::size_t>(o.mem_frac * static_cast<double>(total_b));

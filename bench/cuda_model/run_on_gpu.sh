@@ -28,14 +28,15 @@ TEST=./$BUILD/tests/cuda_model/test_cuda_model
 EXE=./$BUILD/bench/cuda_model/mlkv-cuda-model
 if [ -n "${MLKV_PREBUILT:-}" ] && [ -x "$MLKV_PREBUILT/test_cuda_model" ] && [ -x "$MLKV_PREBUILT/mlkv-cuda-model" ]; then
   # Binaries built on a machine without a GPU (same nvcc, sm_90a): use them when they load here.
-  if "$MLKV_PREBUILT/mlkv-cuda-model" 2>&1 | grep -q usage; then
+  probe=$("$MLKV_PREBUILT/mlkv-cuda-model" 2>&1)
+  if [[ $probe == *usage* ]]; then
     TEST=$MLKV_PREBUILT/test_cuda_model
     EXE=$MLKV_PREBUILT/mlkv-cuda-model
     STEPS=${STEPS/build/}
     echo "using prebuilt binaries from $MLKV_PREBUILT"
   else
     echo "prebuilt binaries do not run here; building"
-    "$MLKV_PREBUILT/mlkv-cuda-model" 2>&1 | head -3
+    echo "$probe" | head -3
   fi
 fi
 

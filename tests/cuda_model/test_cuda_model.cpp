@@ -62,7 +62,10 @@ struct cpu_side {
 /// Writes a random model of geometry S (f32 file) into dir.
 mlkv::io::gpt_neox_config write_model(const mlkv::model_shape& s, const std::string& dir, std::uint64_t seed,
                                       bool parallel) {
-  auto cfg = mlkv_test::small_config(s, /*vocab=*/384, /*intermediate=*/4 * s.q_heads * s.head_dim);
+  // The sequential-residual models get an MLP width that is not a multiple of 64, which the CUDA
+  // model pads with zeros (the paper's converter makes such widths).
+  const int inter = 4 * s.q_heads * s.head_dim - (parallel ? 0 : 20);
+  auto cfg = mlkv_test::small_config(s, /*vocab=*/384, inter);
   cfg.max_position_embeddings = 256;
   cfg.rotary_pct = 0.25;
   cfg.use_parallel_residual = parallel;

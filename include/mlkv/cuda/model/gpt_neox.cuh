@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <span>
@@ -167,7 +168,11 @@ class cuda_model {
                " has no CUDA kernel; compiled head dims: 64, 80, 96, 128");
     MLKV_CHECK(w.q_dim % 8 == 0 && w.kv_dim % 8 == 0 && w.hidden % 8 == 0,
                "hidden, query and KV widths must be multiples of 8");
-    H_ = w.hidden, V_ = w.vocab, I_ = w.intermediate, qd_ = w.q_dim, kvd_ = w.kv_dim;
+    H_ = w.hidden, V_ = w.vocab, qd_ = w.q_dim, kvd_ = w.kv_dim;
+    // The MLP width padded to a multiple of 64 with zero weights and biases (act(0) = 0 for every
+    // supported activation, so the result is the same): the paper's converter makes widths like
+    // 3329, on which cuBLAS falls back to unaligned kernels several times slower.
+    I_ = (w.intermediate + 63) / 64 * 64;
     rows_cap_ = std::max(opt.max_rows, opt.max_batch);
     upload(w);
     alloc_scratch();
@@ -450,20 +455,39 @@ class cuda_model {
       std::size_t qkv, dense, in, out, ln1w, ln1b, ln2w, ln2b, qkvb, denseb, inb, outb;
     };
     std::vector<offs> lo;
+    std::deque<std::vector<W>> padded;        // padded MLP matrices, alive until the copies are done
+    std::deque<std::vector<float>> padded_f;  // padded MLP input biases
     const std::size_t embed = add(w.embed_in.data.data(), w.embed_in.bytes());
     for (const auto& l : w.layers) {
       offs o{};
       o.qkv = add(l.qkv.data.data(), l.qkv.bytes());
       o.dense = add(l.dense.data.data(), l.dense.bytes());
-      o.in = add(l.mlp_in.data.data(), l.mlp_in.bytes());
-      o.out = add(l.mlp_out.data.data(), l.mlp_out.bytes());
+      if (I_ == w.intermediate) {
+        o.in = add(l.mlp_in.data.data(), l.mlp_in.bytes());
+        o.out = add(l.mlp_out.data.data(), l.mlp_out.bytes());
+      } else {
+        const std::size_t I = static_cast<std::size_t>(w.intermediate), Ip = static_cast<std::size_t>(I_);
+        const std::size_t H = static_cast<std::size_t>(w.hidden);
+        std::vector<W>& in = padded.emplace_back(Ip * H, W{});
+        std::copy_n(l.mlp_in.data.data(), I * H, in.data());
+        o.in = add(in.data(), in.size() * sizeof(W));
+        std::vector<W>& out = padded.emplace_back(H * Ip, W{});
+        for (std::size_t r = 0; r < H; ++r) std::copy_n(l.mlp_out.row(static_cast<int>(r)), I, out.data() + r * Ip);
+        o.out = add(out.data(), out.size() * sizeof(W));
+      }
       o.ln1w = add(l.ln1_weight.data(), l.ln1_weight.size() * 4);
       o.ln1b = add(l.ln1_bias.data(), l.ln1_bias.size() * 4);
       o.ln2w = add(l.ln2_weight.data(), l.ln2_weight.size() * 4);
       o.ln2b = add(l.ln2_bias.data(), l.ln2_bias.size() * 4);
       o.qkvb = add(l.qkv_bias.data(), l.qkv_bias.size() * 4);
       o.denseb = add(l.dense_bias.data(), l.dense_bias.size() * 4);
-      o.inb = add(l.mlp_in_bias.data(), l.mlp_in_bias.size() * 4);
+      if (I_ == w.intermediate) {
+        o.inb = add(l.mlp_in_bias.data(), l.mlp_in_bias.size() * 4);
+      } else {
+        std::vector<float>& b = padded_f.emplace_back(static_cast<std::size_t>(I_), 0.f);
+        std::copy_n(l.mlp_in_bias.data(), l.mlp_in_bias.size(), b.data());
+        o.inb = add(b.data(), b.size() * 4);
+      }
       o.outb = add(l.mlp_out_bias.data(), l.mlp_out_bias.size() * 4);
       lo.push_back(o);
     }
@@ -689,9 +713,20 @@ class cuda_model {
                                    CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
+  /// The LayerNorm kernel with the fewest values per thread that hold a row.
   void ln(int rows, const model_detail::residual_ln_params<A>& p) {
-    detail::launch_pdl(model_detail::residual_ln_kernel<A>, dim3(static_cast<unsigned>(rows)), dim3(model_detail::row_threads),
-               0, stream_, true, p);
+    const int per = (H_ + model_detail::row_threads - 1) / model_detail::row_threads;
+    auto go = [&](auto k) {
+      detail::launch_pdl(model_detail::residual_ln_kernel<A, decltype(k)::value>, dim3(static_cast<unsigned>(rows)),
+                         dim3(model_detail::row_threads), 0, stream_, true, p);
+    };
+    if (per <= 1) go(std::integral_constant<int, 1>{});
+    else if (per <= 2) go(std::integral_constant<int, 2>{});
+    else if (per <= 3) go(std::integral_constant<int, 3>{});
+    else if (per <= 4) go(std::integral_constant<int, 4>{});
+    else if (per <= 8) go(std::integral_constant<int, 8>{});
+    else if (per <= 16) go(std::integral_constant<int, 16>{});
+    else go(std::integral_constant<int, model_detail::max_row_per_thread>{});
   }
 
   /// Every layer for R rows of B sequences; leaves the residual stream in x with the last layer's
@@ -833,7 +868,7 @@ class cuda_model {
     for (int c0 = 0; c0 < B; c0 += opt_.logits_chunk) {
       const int m = std::min(opt_.logits_chunk, B - c0);
       logits_gemm(c0, m);
-      detail::launch_pdl(model_detail::argmax_kernel<0>, dim3(static_cast<unsigned>(m)), dim3(model_detail::row_threads), 0,
+      detail::launch_pdl(model_detail::argmax_kernel<0>, dim3(static_cast<unsigned>(m)), dim3(model_detail::argmax_threads), 0,
                  stream_, true, static_cast<const float*>(logits_), V_, next_ + c0);
     }
   }

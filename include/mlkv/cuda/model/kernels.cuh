@@ -99,7 +99,7 @@ struct residual_ln_params {
 
 /// x += adds (in the CPU model's order), then out1 = LN1(x), out2 = LN2(x) (biased variance,
 /// as torch.nn.LayerNorm; mean and variance in two passes over the row held in registers).
-template <class A>
+template <class A, int PER>
 __global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual_ln_params<A> p) {
   mlkv::cuda::detail::pdl_wait();
   mlkv::cuda::detail::pdl_launch_dependents();
@@ -108,10 +108,10 @@ __global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual
   const int src = p.src != nullptr ? p.src[row] : row;
   const int H = p.hidden;
   float* xr = p.x + static_cast<std::size_t>(src) * H;
-  float v[max_row_per_thread];
+  float v[PER];
   float sum = 0.f;
 #pragma unroll
-  for (int j = 0; j < max_row_per_thread; ++j) {
+  for (int j = 0; j < PER; ++j) {
     const int i = threadIdx.x + j * row_threads;
     float val = 0.f;
     if (i < H) {
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual
   const float mean = block_sum(sum, red) / static_cast<float>(H);
   float sq = 0.f;
 #pragma unroll
-  for (int j = 0; j < max_row_per_thread; ++j) {
+  for (int j = 0; j < PER; ++j) {
     const int i = threadIdx.x + j * row_threads;
     if (i < H) sq += (v[j] - mean) * (v[j] - mean);
   }
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual
   A* o1 = p.out1 + static_cast<std::size_t>(row) * H;
   A* o2 = p.out2 != nullptr ? p.out2 + static_cast<std::size_t>(row) * H : nullptr;
 #pragma unroll
-  for (int j = 0; j < max_row_per_thread; ++j) {
+  for (int j = 0; j < PER; ++j) {
     const int i = threadIdx.x + j * row_threads;
     if (i < H) {
       const float n = (v[j] - mean) * inv;
@@ -241,24 +241,47 @@ __global__ void convert_kernel(const T* __restrict__ in, std::size_t total, A* _
   }
 }
 
+/// Threads of the argmax kernel (one block per row: 16-byte loads, many in flight).
+inline constexpr int argmax_threads = 1024;
+
 /// out[r] = the first index of the largest logit of row r (std::max_element's choice; NaNs are
 /// never chosen; a row of NaN gives 0). logits: [rows, vocab]
 template <int Unused = 0>
-__global__ void __launch_bounds__(row_threads) argmax_kernel(const float* __restrict__ logits, int vocab,
-                                                             std::int32_t* __restrict__ out) {
+__global__ void __launch_bounds__(argmax_threads) argmax_kernel(const float* __restrict__ logits, int vocab,
+                                                                std::int32_t* __restrict__ out) {
   mlkv::cuda::detail::pdl_wait();
   mlkv::cuda::detail::pdl_launch_dependents();
-  __shared__ float sv[row_threads / 32];
-  __shared__ int si[row_threads / 32];
+  __shared__ float sv[argmax_threads / 32];
+  __shared__ int si[argmax_threads / 32];
   const float* row = logits + static_cast<std::size_t>(blockIdx.x) * vocab;
   float best = -INFINITY;
   int idx = 0x7fffffff;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float x = row[i];
-    if (x > best) {  // increasing i: the first maximum of this thread's stripe wins ties
+  auto take = [&](float x, int i) {  // i increases along each thread's walk: '>' keeps the first
+    if (x > best) {
       best = x;
       idx = i;
     }
+  };
+  if ((vocab & 3) == 0 && (reinterpret_cast<std::uintptr_t>(row) & 15u) == 0) {
+    const float4* r4 = reinterpret_cast<const float4*>(row);
+    const int n4 = vocab / 4;
+    int i = threadIdx.x;
+    for (; i + 3 * argmax_threads < n4; i += 4 * argmax_threads) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = __ldcs(r4 + i + u * argmax_threads);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int b = 4 * (i + u * argmax_threads);
+        take(v[u].x, b), take(v[u].y, b + 1), take(v[u].z, b + 2), take(v[u].w, b + 3);
+      }
+    }
+    for (; i < n4; i += argmax_threads) {
+      const float4 v = __ldcs(r4 + i);
+      take(v.x, 4 * i), take(v.y, 4 * i + 1), take(v.z, 4 * i + 2), take(v.w, 4 * i + 3);
+    }
+  } else {
+    for (int i = threadIdx.x; i < vocab; i += argmax_threads) take(row[i], i);
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -276,7 +299,7 @@ __global__ void __launch_bounds__(row_threads) argmax_kernel(const float* __rest
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < row_threads / 32; ++w) {
+    for (int w = 1; w < argmax_threads / 32; ++w) {
       if (sv[w] > best || (sv[w] == best && si[w] < idx)) {
         best = sv[w];
         idx = si[w];
