@@ -122,7 +122,7 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
 
 
-def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, variants=None):
+def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, variants=None, with_torch=True):
     kv_bytes = 2 * batch * hkv * ctx * d * 2
     row = {"geometry": name, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "batch": batch, "context": ctx,
            "kv_bytes": kv_bytes}
@@ -144,7 +144,8 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
         if ws_bytes < 0:
             raise RuntimeError(lib.mlkv_bench_error().decode())
         state["ws_bytes"] = ws_bytes
-        state["ws"] = torch.empty(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
+        # Zero-filled once (decode's merge counters; every call leaves them zero).
+        state["ws"] = torch.zeros(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
         state["variant"] = variant
         return lib.mlkv_bench_decode_splits(variant, batch, hkv, ctx, d, hq, ctx)
 
@@ -179,7 +180,10 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     torch.cuda.synchronize()
     row["max_rel_diff_vs_torch"] = rel_err(out.view(batch, hq, 1, d), ref)
     us, us_min, mode = time_calls(ours, n_calls)
-    tus, tus_min, tmode = time_calls(theirs, n_calls)
+    if with_torch:
+        tus, tus_min, tmode = time_calls(theirs, n_calls)
+    else:
+        tus, tmode = float("nan"), "not timed"
     row.update({"us": us, "us_min": us_min, "tbps": kv_bytes / us / 1e6,
                 "pct_of_read_bw": 100.0 * kv_bytes / us / 1e6 / read_tbps, "torch_us": tus,
                 "torch_tbps": kv_bytes / tus / 1e6, "speedup": tus / us, "timing": mode, "torch_timing": tmode,
@@ -242,8 +246,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a few rows only (development)")
     ap.add_argument("--geoms", default=None, help="comma-separated geometry names to run")
     ap.add_argument("--sweep", action="store_true", help="decode kernel shapes x splits x PDL on a few rows")
+    ap.add_argument("--rows", default=None,
+                    help="decode rows only, 'hq:hkv:d:batch:ctx' separated by ';' (no prefill, no table)")
+    ap.add_argument("--variants", default="", help="with --rows: kernel variants to time too, e.g. '1,2,3'")
+    ap.add_argument("--forces", default="", help="with --rows: forced split counts to time too, e.g. '64,128'")
+    ap.add_argument("--split-rule", default="", help="'ctas_per_sm:min_tiles' for the split rule (0: default)")
+    ap.add_argument("--no-torch", action="store_true", help="with --rows: do not time PyTorch")
+    ap.add_argument("--label", default="", help="printed in front of every --rows line")
     args = ap.parse_args()
     lib = load_lib(args.lib)
+    if args.split_rule:
+        per_sm, min_tiles = (int(x) for x in args.split_rule.split(":"))
+        lib.mlkv_bench_tune_split.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.mlkv_bench_tune_split.restype = None
+        lib.mlkv_bench_tune_split(per_sm, min_tiles)
     torch.manual_seed(0)
     prop = torch.cuda.get_device_properties(0)
     l2 = getattr(prop, "L2_cache_size", 50 << 20)
@@ -260,6 +276,11 @@ def main():
               "torch_sum_tbps": torch_sum, "copy_tbps_read_plus_write": copy,
               "timing": "CUDA graph of many calls, replayed; median of 7 replays; inputs rotated over copies "
                         "until one graph pass reads at least 4x the L2", "decode": [], "prefill": []}
+    if args.rows:
+        run_rows(lib, args, result, l2, read_tbps)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return 0
     if args.sweep:
         sweep(lib, result, l2, read_tbps)
         if not args.quick:
@@ -334,6 +355,35 @@ def sweep(lib, result, l2, read_tbps):
                 if x["pdl"] == pdl:
                     cells.append("%d:%.1f" % (x.get("splits", -1), x["us"]) if "us" in x else "err")
             print("   pdl%d %s" % (pdl, "  ".join(cells)), flush=True)
+
+
+def run_rows(lib, args, result, l2, read_tbps):
+    """Chosen decode rows: the default kernel (and PyTorch), then the asked variants and forced splits."""
+    variants = [(int(v), 0, 1) for v in args.variants.split(",") if v != ""]
+    variants += [(0, int(f), 1) for f in args.forces.split(",") if f != ""]
+    for spec in args.rows.split(";"):
+        hq, hkv, d, b, ctx = (int(x) for x in spec.split(":"))
+        name = "%d:%d d%d" % (hq, hkv, d)
+        free, _ = torch.cuda.mem_get_info()
+        try:
+            row = bench_decode(lib, name, hq, hkv, d, b, ctx, l2, read_tbps, free - (2 << 30),
+                               variants or None, with_torch=not args.no_torch)
+        except Exception as ex:  # noqa: BLE001 - record and go on
+            row = {"geometry": name, "batch": b, "context": ctx, "error": str(ex)[:300]}
+            torch.cuda.empty_cache()
+        result["decode"].append(row)
+        if "us" not in row:
+            print("%s %-9s B%-3d ctx%-5d %s" % (args.label, name, b, ctx, row.get("skipped", row.get("error"))),
+                  flush=True)
+            continue
+        cells = []
+        for x in row.get("sweep", []):
+            tag = ("v%d" % x["variant"]) if x["force_splits"] == 0 else ("s%d" % x["force_splits"])
+            cells.append("%s:%s" % (tag, ("%.1f/%d" % (x["us"], x["splits"])) if "us" in x else "err"))
+        print("%s %-9s B%-3d ctx%-5d %8.1f us %5.1f%% s%-3d torch %8.1f us (%4.1f%%) err %.1e | %s" % (
+            args.label, name, b, ctx, row["us"], row["pct_of_read_bw"], row["splits"], row["torch_us"],
+            100.0 * row["kv_bytes"] / row["torch_us"] / 1e6 / read_tbps, row["max_rel_diff_vs_torch"],
+            "  ".join(cells)), flush=True)
 
 
 def write_table(r, path):
