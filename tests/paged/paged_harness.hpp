@@ -17,6 +17,7 @@
 #include <mlkv/rope.hpp>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <utility>
 #include <vector>
@@ -44,9 +45,16 @@ std::vector<mlkv::seq_id> fragment(Pool& pool, rng& r, int sequences, int max_pa
   return kept;
 }
 
+/// The kernel under test, type-erased: the scenario is instantiated once per (geometry, storage,
+/// page size), not once more per kernel (each instantiation is seconds of compile time).
+template <class T>
+using paged_attention_fn = std::function<void(const mlkv::paged_slot_view<T>&, int, const float*, float*,
+                                              const mlkv::cpu::attention_batch&, float)>;
+
 /// Runs the paged scenario for geometry S, storage T and page size P.
-template <mlkv::model_shape S, class T, int P, class Attn>
-void run_paged_attention_scenario(Attn&& attn, std::uint64_t seed, const scenario_options& opt = {}) {
+template <mlkv::model_shape S, class T, int P>
+void run_paged_attention_scenario(const paged_attention_fn<T>& attn, std::uint64_t seed,
+                                  const scenario_options& opt = {}) {
   constexpr int L = S.layers, Hq = S.q_heads, Hkv = S.kv_heads, D = S.head_dim;
   using pool_t = mlkv::paged_kv_cache<S, T, P>;
   INFO("paged geometry L=" << L << " Hq=" << Hq << " Hkv=" << Hkv << " Lkv=" << S.kv_layers << " D=" << D

@@ -105,11 +105,6 @@ double paged_vs_contiguous(Attn&& attn, std::uint64_t seed, const std::vector<in
 
 TEMPLATE_TEST_CASE("reference attention over pages of 16 matches the oracle on the paper's configurations", "",
                    float, mlkv::f16, mlkv::bf16) {
-  if (mlkv_test::sanitized()) {  // the optimised build covers all nine; here MHA-144 and MLKV-4
-    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[0].shape, TestType, 16>(reference, mlkv_test::fresh_seed());
-    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[6].shape, TestType, 16>(reference, mlkv_test::fresh_seed());
-    return;
-  }
   mlkv_test::for_each_geometry<mlkv_test::paper_list>([](auto g) {
     mlkv_test::run_paged_attention_scenario<decltype(g)::shape, TestType, 16>(reference, mlkv_test::fresh_seed());
   });
@@ -171,16 +166,11 @@ TEMPLATE_TEST_CASE("the fast attention over pages matches the oracle (best path,
   const mlkv::cpu::isa best = mlkv::cpu::best_isa();
   INFO("path " << mlkv::cpu::name_of(best));
   const auto opt = fast_options<TestType>(best);
-  // Pages of 16 over the paper's configurations (one of them under the sanitizers).
-  if (mlkv_test::sanitized()) {
-    mlkv_test::run_paged_attention_scenario<mlkv::paper_configs[6].shape, TestType, 16>(
-        fast({.isa = best, .exec = &threads}), mlkv_test::fresh_seed(), opt);
-  } else {
-    mlkv_test::for_each_geometry<mlkv_test::paper_list>([&](auto g) {
-      mlkv_test::run_paged_attention_scenario<decltype(g)::shape, TestType, 16>(fast({.isa = best, .exec = &threads}),
-                                                                               mlkv_test::fresh_seed(), opt);
-    });
-  }
+  // Pages of 16 over the paper's configurations (three of them in the sanitized build).
+  mlkv_test::for_each_geometry<mlkv_test::paper_list>([&](auto g) {
+    mlkv_test::run_paged_attention_scenario<decltype(g)::shape, TestType, 16>(fast({.isa = best, .exec = &threads}),
+                                                                             mlkv_test::fresh_seed(), opt);
+  });
   // Pages of 3 and 64, with contexts cut into chunks that end inside pages (log-sum-exp merges).
   mlkv_test::run_paged_attention_scenario<mlkv_test::uneven_mqa_d80, TestType, 3>(
       fast({.isa = best, .exec = &threads, .split_tokens = 7}), mlkv_test::fresh_seed(), opt);

@@ -23,7 +23,8 @@
 ///
 /// Instantiations: one kernel per (ISA path, storage type, view type); the head dim, the group
 /// size and the model geometry are run-time values (the register blocks are over queries and
-/// SIMD vectors, not over them), so a model adds no kernel code.
+/// SIMD vectors, not over them), so a model adds no kernel code. To compile them once per
+/// program rather than once per translation unit, see MLKV_CPU_EXTERN_KERNELS below.
 ///
 /// Memory: a step that streams the cache from DRAM prefetches the rows two tiles ahead (see
 /// attention_options::prefetch_min_bytes). Put large caches on huge pages (madvise
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include "../cache/buffer.hpp"
+#include "../cache/view.hpp"
 #include "../error.hpp"
 #include "../shape.hpp"
 #include "detail/task.hpp"
@@ -49,6 +51,37 @@
 #include "simd_avx512.hpp"
 #include "simd_neon.hpp"
 #include "simd_scalar.hpp"
+
+/// The kernels' instantiations, one per (ISA path, storage type, view type): a list for
+/// `extern template` (MLKV_CPU_EXTERN_KERNELS) and for cpu/instantiate.hpp. `prefix` is `extern`
+/// or empty.
+#define MLKV_CPU_KERNEL_(prefix, path, T, View) \
+  prefix template void path::attend<T, View<T>>(const View<T>&, const task_desc&, const call_desc&);
+#define MLKV_CPU_KERNELS_OF_(prefix, path)                               \
+  MLKV_CPU_KERNEL_(prefix, path, float, ::mlkv::contiguous_slot_view)    \
+  MLKV_CPU_KERNEL_(prefix, path, ::mlkv::f16, ::mlkv::contiguous_slot_view) \
+  MLKV_CPU_KERNEL_(prefix, path, ::mlkv::bf16, ::mlkv::contiguous_slot_view) \
+  MLKV_CPU_KERNEL_(prefix, path, float, ::mlkv::paged_slot_view)         \
+  MLKV_CPU_KERNEL_(prefix, path, ::mlkv::f16, ::mlkv::paged_slot_view)   \
+  MLKV_CPU_KERNEL_(prefix, path, ::mlkv::bf16, ::mlkv::paged_slot_view)
+#if defined(MLKV_CPU_X86)
+#define MLKV_CPU_KERNELS_(prefix)                                                                     \
+  MLKV_CPU_KERNELS_OF_(prefix, scalar) MLKV_CPU_KERNELS_OF_(prefix, avx2) MLKV_CPU_KERNELS_OF_(prefix, avx512) \
+  MLKV_CPU_KERNELS_OF_(prefix, avx512_bf16)
+#elif defined(MLKV_CPU_NEON)
+#define MLKV_CPU_KERNELS_(prefix) MLKV_CPU_KERNELS_OF_(prefix, scalar) MLKV_CPU_KERNELS_OF_(prefix, neon)
+#else
+#define MLKV_CPU_KERNELS_(prefix) MLKV_CPU_KERNELS_OF_(prefix, scalar)
+#endif
+
+/// A program with many translation units that call the fast attention can compile the kernels
+/// once: define MLKV_CPU_EXTERN_KERNELS in all of them and include <mlkv/cpu/instantiate.hpp> in
+/// exactly one (same compiler flags). Each kernel costs seconds to compile, more under sanitizers.
+#if defined(MLKV_CPU_EXTERN_KERNELS)
+namespace mlkv::cpu::detail {
+MLKV_CPU_KERNELS_(extern)
+}  // namespace mlkv::cpu::detail
+#endif
 
 namespace mlkv::cpu {
 
