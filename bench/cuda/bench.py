@@ -144,7 +144,6 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
         if ws_bytes < 0:
             raise RuntimeError(lib.mlkv_bench_error().decode())
         state["ws_bytes"] = ws_bytes
-        # Zero-filled once (decode's merge counters; every call leaves them zero).
         state["ws"] = torch.zeros(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
         state["variant"] = variant
         return lib.mlkv_bench_decode_splits(variant, batch, hkv, ctx, d, hq, ctx)
@@ -158,6 +157,10 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     n_calls = max(sets, 3, min(2000, math.ceil(2000.0 / max(est_us, 1.0))))
     n_calls = math.ceil(n_calls / sets) * sets
     if variants is not None:  # sweep: kernel shapes x forced splits x PDL
+        # A warm-up pass first: the first graphs timed after the inputs are created run slower
+        # (seen: +18% on the first two of a row's forced splits, v5 in NOTES.md).
+        setup(0)
+        time_calls(ours, n_calls)
         row["sweep"] = []
         for variant, force, pdl in variants:
             lib.mlkv_bench_tune(force, pdl, 0, 0)
@@ -250,6 +253,7 @@ def main():
                     help="decode rows only, 'hq:hkv:d:batch:ctx' separated by ';' (no prefill, no table)")
     ap.add_argument("--variants", default="", help="with --rows: kernel variants to time too, e.g. '1,2,3'")
     ap.add_argument("--forces", default="", help="with --rows: forced split counts to time too, e.g. '64,128'")
+    ap.add_argument("--combos", default="", help="with --rows: 'variant:splits' pairs to time too, e.g. '5:64'")
     ap.add_argument("--split-rule", default="", help="'ctas_per_sm:min_tiles' for the split rule (0: default)")
     ap.add_argument("--no-torch", action="store_true", help="with --rows: do not time PyTorch")
     ap.add_argument("--label", default="", help="printed in front of every --rows line")
@@ -361,6 +365,7 @@ def run_rows(lib, args, result, l2, read_tbps):
     """Chosen decode rows: the default kernel (and PyTorch), then the asked variants and forced splits."""
     variants = [(int(v), 0, 1) for v in args.variants.split(",") if v != ""]
     variants += [(0, int(f), 1) for f in args.forces.split(",") if f != ""]
+    variants += [(int(c.split(":")[0]), int(c.split(":")[1]), 1) for c in args.combos.split(",") if c != ""]
     for spec in args.rows.split(";"):
         hq, hkv, d, b, ctx = (int(x) for x in spec.split(":"))
         name = "%d:%d d%d" % (hq, hkv, d)
@@ -378,7 +383,8 @@ def run_rows(lib, args, result, l2, read_tbps):
             continue
         cells = []
         for x in row.get("sweep", []):
-            tag = ("v%d" % x["variant"]) if x["force_splits"] == 0 else ("s%d" % x["force_splits"])
+            tag = ("v%d" % x["variant"]) if x["force_splits"] == 0 else (
+                ("s%d" % x["force_splits"]) if x["variant"] == 0 else ("v%ds%d" % (x["variant"], x["force_splits"])))
             cells.append("%s:%s" % (tag, ("%.1f/%d" % (x["us"], x["splits"])) if "us" in x else "err"))
         print("%s %-9s B%-3d ctx%-5d %8.1f us %5.1f%% s%-3d torch %8.1f us (%4.1f%%) err %.1e | %s" % (
             args.label, name, b, ctx, row["us"], row["pct_of_read_bw"], row["splits"], row["torch_us"],

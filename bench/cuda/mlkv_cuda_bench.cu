@@ -89,44 +89,38 @@ void mlkv_bench_tune(int force_splits, int pdl, int prefill_mma, int prefill_var
   mlkv::cuda::detail::prefill_sm90_variant.store(prefill_variant);
 }
 
-/// The decode split rule's knobs: CTAs per SM it aims at and fewest tiles per split (0: defaults).
-void mlkv_bench_tune_split(int ctas_per_sm, int min_tiles) {
-  mlkv::cuda::detail::decode_ctas_per_sm.store(ctas_per_sm);
-  mlkv::cuda::detail::decode_min_tiles.store(min_tiles);
-}
-
 }  // extern "C"
 
 namespace {
 
-/// Decode kernel shapes the benchmark can compare: variant 0 is the library's default; 1-4 the
-/// default warps and stages with the pipeline flags 0 (stage refilled one tile later), 1 (early
-/// refill), 4 (L2::256B prefetch hint) and 5 (both); 5 and 6 other warps x stages with the
-/// default flags.
+/// Decode kernel shapes the benchmark can compare: variant 0 is the library's default (L2::256B
+/// prefetch hint on the K/V copies); 1-3 other warps x stages with the hint; variant 4 the default
+/// shape without the hint; variant 5 a deep pipeline (5-6 stages, one CTA per SM).
 template <int D, class F>
 void with_variant(int variant, F&& f) {
   using namespace mlkv::cuda::detail;
-  using def = decode_default_cfg<D>;
-  switch (variant) {
-    case 0: return f(def{});
-    case 1: return f(decode_cfg<def::warps, def::stages, 0>{});
-    case 2: return f(decode_cfg<def::warps, def::stages, 1>{});
-    case 3: return f(decode_cfg<def::warps, def::stages, 4>{});
-    case 4: return f(decode_cfg<def::warps, def::stages, 5>{});
-    default: break;
-  }
   if constexpr (D == 64) {
     switch (variant) {
-      case 5: return f(decode_cfg<8, 3>{});
-      case 6: return f(decode_cfg<4, 4>{});
+      case 0: return f(decode_default_cfg<64>{});
+      case 1: return f(decode_cfg<4, 4, true>{});
+      case 2: return f(decode_cfg<8, 3, true>{});
+      case 3: return f(decode_cfg<8, 2, true>{});
+      case 4: return f(decode_cfg<8, 2, false>{});
+      case 5: return f(decode_cfg<8, 5, true>{});
       default: break;
     }
   } else if constexpr (D == 128) {
     switch (variant) {
-      case 5: return f(decode_cfg<4, 2>{});
-      case 6: return f(decode_cfg<4, 4>{});
+      case 0: return f(decode_default_cfg<128>{});
+      case 1: return f(decode_cfg<4, 2, true>{});
+      case 2: return f(decode_cfg<8, 2, true>{});
+      case 3: return f(decode_cfg<4, 4, true>{});
+      case 4: return f(decode_cfg<4, 3, false>{});
+      case 5: return f(decode_cfg<4, 6, true>{});
       default: break;
     }
+  } else {
+    if (variant == 0) return f(decode_default_cfg<D>{});
   }
   mlkv::detail::fail("decode variant ", variant, " does not exist for head dim ", D);
 }

@@ -8,6 +8,8 @@
 #   bash bench/cuda/run_on_gpu.sh                 # all of it
 #   MLKV_STEPS="build test bench" bash ...        # a subset: build test memcheck racecheck sass bench
 #   MLKV_BENCH_ARGS="--quick" bash ...            # extra arguments for bench.py
+#   MLKV_PREBUILT=DIR bash ...   # DIR holds test_cuda and libmlkv_cuda_bench.so built elsewhere with
+#                                # the same nvcc (sm_90a): the build step is skipped when they load
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mlkv_gpu_out}
@@ -20,6 +22,19 @@ step() { echo "== $1 ($(date +%T))"; }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader \
   | tee "$OUT/gpu.txt"
+
+TEST=./$BUILD/tests/cuda/test_cuda
+LIB=./$BUILD/bench/cuda/libmlkv_cuda_bench.so
+if [ -n "${MLKV_PREBUILT:-}" ] && [ -x "$MLKV_PREBUILT/test_cuda" ] && [ -f "$MLKV_PREBUILT/libmlkv_cuda_bench.so" ]; then
+  if ! ldd "$MLKV_PREBUILT/test_cuda" "$MLKV_PREBUILT/libmlkv_cuda_bench.so" 2>&1 | grep -q "not found"; then
+    TEST=$MLKV_PREBUILT/test_cuda
+    LIB=$MLKV_PREBUILT/libmlkv_cuda_bench.so
+    STEPS=${STEPS/build/}
+    echo "using prebuilt binaries from $MLKV_PREBUILT"
+  else
+    echo "prebuilt binaries do not run here; building"
+  fi
+fi
 
 # The build reads a snapshot of the tree without the other areas' test and benchmark folders
 # (cpu, paged, model, ...): work in progress there must not stop this run. mtimes are kept, so
@@ -46,7 +61,6 @@ if has build; then
     exit 1
   fi
 fi
-TEST=./$BUILD/tests/cuda/test_cuda
 
 if has test; then
   step test
@@ -76,7 +90,6 @@ if has racecheck; then
   [ $rc -ne 0 ] && { echo "RACECHECK FAILED (rc $rc)"; grep -v "^=========     " "$OUT/racecheck.log" | head -40; status=1; }
 fi
 
-LIB=./$BUILD/bench/cuda/libmlkv_cuda_bench.so
 if has sass; then
   step sass
   cuobjdump -sass "$LIB" >"$OUT/sass.txt" 2>&1

@@ -227,7 +227,6 @@ void run_gpu_scenario(std::uint64_t seed, const gpu_scenario_options& opt = {}) 
         for (int paged = 0; paged < 2; ++paged) {
           const std::size_t ws_bytes = paged ? decode_workspace(dc.paged(slot), Hq, dab) : decode_workspace(dc.contiguous(slot), Hq, dab);
           dbuf<unsigned char> ws(ws_bytes);
-          ws.zero();
           dout.poison();
           if (paged) {
             decode(dc.paged(slot), Hq, dq.p, dout.p, dab, scale, ws.p, ws_bytes, st.s);

@@ -63,10 +63,6 @@ struct dbuf {
     if (n != 0) CUDA_OK(cudaMemcpy(h.data(), p, bytes(), cudaMemcpyDeviceToHost));
     return h;
   }
-  /// Every byte 0 (a decode workspace before its first use).
-  void zero() {
-    if (n != 0) CUDA_OK(cudaMemset(p, 0, bytes()));
-  }
   /// Every byte 0xff: NaN in f16, bf16 and f32, so an unwritten value fails any comparison.
   void poison() {
     if (n != 0) CUDA_OK(cudaMemset(p, 0xff, bytes()));

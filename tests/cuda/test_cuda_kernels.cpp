@@ -128,27 +128,21 @@ void long_decode(const std::vector<int>& contexts, int page_tokens, bool split) 
                                        : mlkv_cuda_test::decode_workspace(f.dc.contiguous(0), Hq, ab);
     if (split) REQUIRE(ws_bytes > 0);  // the long contexts are split and merged
     dbuf<unsigned char> ws(ws_bytes);
-    ws.zero();  // once: the merge counters; every call leaves them at zero
-    // Twice over one workspace: the second call finds the counters the first one left (and the
-    // first call's partials), so a counter not put back to zero fails it.
-    for (int rep = 0; rep < 2; ++rep) {
-      INFO("call " << rep);
-      out.poison();
-      if (paged) {
-        mlkv_cuda_test::decode(f.dc.paged(0), Hq, q.p, out.p, ab, scale, ws.p, ws_bytes, st.s);
-      } else {
-        mlkv_cuda_test::decode(f.dc.contiguous(0), Hq, q.p, out.p, ab, scale, ws.p, ws_bytes, st.s);
-      }
-      st.sync();
-      const auto got = out.download();
-      for (int b = 0; b < B; ++b) {
-        const std::size_t first = static_cast<std::size_t>(b) * Hq * D;
-        const std::vector<double> qb(qd.begin() + static_cast<std::ptrdiff_t>(first),
-                                     qd.begin() + static_cast<std::ptrdiff_t>(first + static_cast<std::size_t>(Hq) * D));
-        INFO("sequence " << b << " context " << contexts[static_cast<std::size_t>(b)]);
-        CHECK(check_rows(got, first, f.oracle(b, qb, 1, contexts[static_cast<std::size_t>(b)], scale)) <=
-              mlkv_cuda_test::stored_bound<T>);
-      }
+    out.poison();
+    if (paged) {
+      mlkv_cuda_test::decode(f.dc.paged(0), Hq, q.p, out.p, ab, scale, ws.p, ws_bytes, st.s);
+    } else {
+      mlkv_cuda_test::decode(f.dc.contiguous(0), Hq, q.p, out.p, ab, scale, ws.p, ws_bytes, st.s);
+    }
+    st.sync();
+    const auto got = out.download();
+    for (int b = 0; b < B; ++b) {
+      const std::size_t first = static_cast<std::size_t>(b) * Hq * D;
+      const std::vector<double> qb(qd.begin() + static_cast<std::ptrdiff_t>(first),
+                                   qd.begin() + static_cast<std::ptrdiff_t>(first + static_cast<std::size_t>(Hq) * D));
+      INFO("sequence " << b << " context " << contexts[static_cast<std::size_t>(b)]);
+      CHECK(check_rows(got, first, f.oracle(b, qb, 1, contexts[static_cast<std::size_t>(b)], scale)) <=
+            mlkv_cuda_test::stored_bound<T>);
     }
   }
 }
@@ -294,7 +288,6 @@ TEST_CASE("CUDA append, decode and prefill replay from a captured CUDA graph", "
   const std::size_t ws_bytes = mlkv_cuda_test::decode_workspace(f.dc.contiguous(0), Hq, dab);
   REQUIRE(ws_bytes > 0);
   dbuf<unsigned char> ws(ws_bytes);
-  ws.zero();
   f.dc.set_tokens({C, C, C});  // the paged cache maps every block once, as a graph needs fixed pointers
 
   mlkv_cuda_test::stream st;
@@ -425,7 +418,6 @@ TEST_CASE("CUDA kernels turn out-of-range device lengths into NaN rows and leave
     const std::size_t ws_bytes = paged ? mlkv_cuda_test::decode_workspace(f.dc.paged(0), Hq, dab)
                                        : mlkv_cuda_test::decode_workspace(f.dc.contiguous(0), Hq, dab);
     dbuf<unsigned char> ws(ws_bytes);
-    ws.zero();
     if (paged) {
       mlkv_cuda_test::decode(f.dc.paged(0), Hq, q.p, out.p, dab, scale, ws.p, ws_bytes, st.s);
     } else {

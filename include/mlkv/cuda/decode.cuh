@@ -8,14 +8,11 @@
 ///    K and V are read once for the whole group, on the tensor cores (mma.sync m16n8k16, f32
 ///    accumulators); a group above 32 heads is cut into blocks of 32;
 ///  - long contexts are split across CTAs ("flash-decoding": Dao et al. 2023) and merged by
-///    log-sum-exp inside the same kernel: the last CTA of each group of up to 16 splits to finish
-///    (a threadfence and an atomic counter in the workspace) merges the group, and the last group
-///    merger of a work item merges the groups, so a split call is one launch; each merging CTA
-///    puts its counter back to zero, so the workspace stays reusable (and graph replays valid);
+///    log-sum-exp in a second small kernel, started early with programmatic dependent launch;
 ///    the split is chosen on the host from the batch, the group and the device, never from the
 ///    device-side lengths;
-///  - K/V tiles stream through a multi-stage cp.async pipeline of 16-byte copies (L2 only),
-///    refilled as soon as a stage is consumed, so every stage is in flight while a CTA waits.
+///  - K/V tiles stream through a multi-stage cp.async pipeline of 16-byte copies (L2 only), so
+///    100+ KB per SM are in flight.
 /// Inside a CTA, each warp takes 16 tokens of every tile (16 x warps tokens), keeps its own online
 /// softmax (Milakov & Gimelshein 2018), and the warps merge pairwise through shared memory at the
 /// end. The warps and stages per CTA are a compile-time config (decode_cfg).
@@ -35,32 +32,32 @@ namespace mlkv::cuda {
 namespace detail {
 
 inline constexpr int decode_max_splits = 256;
-/// Splits merged together by the last CTA of their group; the group mergers of a work item are
-/// merged by the last of them (at most decode_max_splits / decode_merge_group groups).
-inline constexpr int decode_merge_group = 16;
-/// The workspace starts with this many merge counters whenever a call splits, whatever its plan,
-/// so that no call's partials ever overlap another call's counters: a workspace zero-filled once
-/// stays valid for calls of any shape. A plan that would need more counters does not split (the
-/// split rule splits only when work items are fewer than the SMs, far below this).
-inline constexpr int decode_counter_slots = 4096;
-static_assert(decode_max_splits <= decode_merge_group * decode_merge_group, "mlkv: two merge levels must suffice");
+inline constexpr int combine_threads = 128;
 
 /// A decode kernel shape: warps per CTA (each takes 16 tokens of a tile), pipeline stages, and
-/// the pipeline's schedule and cache hint (bit 0: refill a stage as soon as every warp is done
-/// with it, so all `Stages` tiles are in flight while a CTA waits, at the cost of a second
-/// __syncthreads per tile; without it a stage is refilled one tile later and Stages - 1 are in
-/// flight; bit 2: L2::256B prefetch hint on the K/V copies). An L2 evict-first policy on the
-/// copies (cp.async ... L2::cache_hint) is not offered: ptxas 13.0 encoded some of those copies
-/// with a descriptor that faults (illegal instruction; bench/cuda/NOTES.md, v5).
-template <int Warps, int Stages, int Flags = 1>
+/// whether the K/V copies carry the L2::256B prefetch hint.
+template <int Warps, int Stages, bool Prefetch256 = false>
 struct decode_cfg {
-  static constexpr int warps = Warps, stages = Stages, threads = 32 * Warps, tile = 16 * Warps, flags = Flags;
-  static constexpr bool early_refill = (Flags & 1) != 0, prefetch256 = (Flags & 4) != 0;
+  static constexpr int warps = Warps, stages = Stages, threads = 32 * Warps, tile = 16 * Warps;
+  static constexpr bool prefetch256 = Prefetch256;
 };
+
+/// cp_async_16 with the decode config's L2 prefetch hint.
+template <class Cfg>
+__device__ __forceinline__ void cp_async_16_kv(std::uint32_t dst, const void* src, bool valid) {
+  if constexpr (Cfg::prefetch256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    cp_async_16(dst, src, valid);
+  }
+}
 /// The default shape per head dim (bench/cuda sweep, NOTES.md v3): head dim 64, 8 warps x 2 stages
 /// of 128 tokens (74 KB, three CTAs per SM); larger head dims, 4 warps x 3-4 stages of 64 tokens.
+/// The copies carry the L2::256B prefetch hint (NOTES.md v6: 0.7-1.7% faster on every large batch).
 template <int D>
-using decode_default_cfg = std::conditional_t<D <= 64, decode_cfg<8, 2>, decode_cfg<4, D <= 96 ? 4 : 3>>;
+using decode_default_cfg =
+    std::conditional_t<D <= 64, decode_cfg<8, 2, true>, decode_cfg<4, D <= 96 ? 4 : 3, true>>;
 
 template <int D, int MT, class Cfg>
 __host__ __device__ constexpr std::size_t decode_smem_bytes() {
@@ -68,12 +65,9 @@ __host__ __device__ constexpr std::size_t decode_smem_bytes() {
   return (static_cast<std::size_t>(16 * MT) * LD + 2u * Cfg::stages * Cfg::tile * LD) * 2u;
 }
 
-/// Benchmarking knobs (bench/cuda only): force the number of splits (0: the plan's), the split
-/// rule's CTAs per SM (0: 2) and fewest tiles per split (0: 2); programmatic dependent launch is
-/// pdl_enabled in common.cuh.
+/// Benchmarking knobs (bench/cuda only): force the number of splits (0: the plan's), and turn
+/// programmatic dependent launch off (pdl_enabled in common.cuh).
 inline std::atomic<int> decode_force_splits{0};
-inline std::atomic<int> decode_ctas_per_sm{0};
-inline std::atomic<int> decode_min_tiles{0};
 
 template <class T, class View>
 struct decode_params {
@@ -86,14 +80,9 @@ struct decode_params {
   int head_blocks;  // blocks of 16*MT heads per KV head
   int chunk;        // tokens per split (multiple of the tile)
   int max_splits;   // splits per (sequence, KV head, head block)
-  int max_groups;   // merge groups per work item: ceil(max_splits / decode_merge_group)
   float scale_log2; // softmax scale * log2(e)
-  int* counters;    // [items, 1 + max_groups] of decode_counter_slots: arrivals (level 2, then one per
-                    // group); zero between calls
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
   float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
-  float* group_o;   // [items, max_groups, 16*MT, head_dim]: each merge group's output (max_groups > 1)
-  float* group_lse; // [items, max_groups, 16*MT]
 };
 
 template <class T, class View>
@@ -101,117 +90,14 @@ __device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>&
   return ctx < 1 || ctx > device_capacity(p.kv, b) || ctx > p.chunk * p.max_splits;
 }
 
-/// cp_async_16 with the decode config's L2 prefetch hint.
-template <class Cfg>
-__device__ __forceinline__ void cp_async_16_kv(std::uint32_t dst, const void* src, bool valid) {
-  if constexpr (Cfg::prefetch256) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-  } else {
-    cp_async_16(dst, src, valid);
-  }
-}
-
-/// Merges n <= decode_merge_group partial results (normalised rows and their log2-sum-exp2) of the
-/// first nh rows: out = sum_j w_j O_j / sum_j w_j, w_j = 2^(lse_j - max). Written as T rows to
-/// `out` (row stride D) or, when `out` is null, as another partial to dst_o / dst_lse. One thread
-/// per (row, 4 columns); every load of a thread is issued before the first use. The sources were
-/// written by other CTAs of this launch: read through L2 only (ld.global.cg).
-template <class T, int D, int RB, int NT>
-__device__ __forceinline__ void decode_merge(const float* src_o, const float* src_lse, int n, int nh, T* out,
-                                             float* dst_o, float* dst_lse) {
-  constexpr int C4 = D / 4, K = 8;  // partials loaded at a time (registers: the kernel keeps 3 CTAs per SM)
-  for (int e = threadIdx.x; e < nh * C4; e += NT) {
-    const int r = e / C4, c = e - r * C4;
-    float mx = -INFINITY, sum = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int j0 = 0; j0 < n; j0 += K) {
-      float ls[K];
-      float4 x[K];
-#pragma unroll
-      for (int j = 0; j < K; ++j) {
-        if (j0 + j < n) {
-          ls[j] = __ldcg(src_lse + (j0 + j) * RB + r);
-          x[j] = __ldcg(reinterpret_cast<const float4*>(src_o + (static_cast<std::size_t>(j0 + j) * RB + r) * D) + c);
-        }
-      }
-      float m_new = mx;
-#pragma unroll
-      for (int j = 0; j < K; ++j) {
-        if (j0 + j < n) m_new = fmaxf(m_new, ls[j]);
-      }
-      const float corr = fast_exp2(mx - m_new);  // 0 on the first chunk (mx = -inf)
-      mx = m_new;
-      sum *= corr;
-      acc.x *= corr;
-      acc.y *= corr;
-      acc.z *= corr;
-      acc.w *= corr;
-#pragma unroll
-      for (int j = 0; j < K; ++j) {
-        if (j0 + j < n) {
-          const float w = fast_exp2(ls[j] - mx);
-          sum += w;
-          acc.x += w * x[j].x;
-          acc.y += w * x[j].y;
-          acc.z += w * x[j].z;
-          acc.w += w * x[j].w;
-        }
-      }
-    }
-    const float inv = 1.f / sum;  // sum >= 1: the largest weight is exactly 1
-    if (out != nullptr) {
-      uint2 v;
-      v.x = pack2<T>(acc.x * inv, acc.y * inv);
-      v.y = pack2<T>(acc.z * inv, acc.w * inv);
-      *(reinterpret_cast<uint2*>(out + static_cast<std::size_t>(r) * D) + c) = v;
-    } else {
-      __stcg(reinterpret_cast<float4*>(dst_o + static_cast<std::size_t>(r) * D) + c,
-             make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
-      if (c == 0) __stcg(dst_lse + r, mx + __log2f(sum));
-    }
-  }
-}
-
-/// Arrival at a merge counter, by the whole CTA after its partial results are written: returns
-/// true (in every thread) for the last of `members` arrivals, which puts the counter back to zero.
-/// The fences make the partials of every earlier arrival visible to the last one (the CUDA
-/// programming guide's threadfence reduction).
-__device__ __forceinline__ bool decode_arrive(int* counter, int members, int* s_flag) {
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int prev = atomicAdd(counter, 1);
-    const bool last = prev == members - 1;
-    if (last) atomicExch(counter, 0);
-    *s_flag = last ? 1 : 0;
-  }
-  __syncthreads();
-  const bool last = *s_flag != 0;
-  if (last) __threadfence();
-  return last;
-}
-
-/// One CTA per (split, KV head x head block, sequence); the splits of a work item are merged by
-/// the last CTAs to finish (decode_merge).
-/// Resident CTAs per SM that a kernel shape's shared memory allows (227 KB per SM, 1 KB reserved
-/// per CTA); the kernel's registers are bounded so that they never allow fewer.
-template <int D, int MT, class Cfg>
-constexpr int decode_min_ctas() {
-  const int n = static_cast<int>((227u * 1024u) / (decode_smem_bytes<D, MT, Cfg>() + 1024u + 16u));
-  const int by_threads = 2048 / Cfg::threads;
-  return n < 1 ? 1 : (n < by_threads ? n : by_threads);
-}
-
+/// One CTA per (split, KV head x head block, sequence).
 template <class T, int D, int MT, class Cfg, class View>
-__global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) decode_split_kernel(const decode_params<T, View> p) {
+__global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode_params<T, View> p) {
   constexpr int RB = 16 * MT, N = Cfg::tile, LD = D + 8, ST = Cfg::stages, CH = D / 8, NT = Cfg::threads;
   constexpr int W = Cfg::warps;
   static_assert(W == 1 || W == 2 || W == 4 || W == 8, "mlkv: decode warps must be 1, 2, 4 or 8");
-  static_assert(ST >= 2, "mlkv: decode needs at least two pipeline stages");
   static_assert((W / 2) * RB * (D + 2) * 4 <= 2 * ST * N * LD * 2, "mlkv: the warp merge must fit the pipeline");
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int s_flag;
   std::uint16_t* const sQ = reinterpret_cast<std::uint16_t*>(smem);  // [RB][LD]
   std::uint16_t* const sK = sQ + RB * LD;                            // [ST][N][LD]
   std::uint16_t* const sV = sK + ST * N * LD;                        // [ST][N][LD]
@@ -260,16 +146,12 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
       cp_async_16_kv<Cfg>(smem_addr(sV + (stage * N + r) * LD + c * 8), vb + off, ok);
     }
   };
-  // Early refill: all ST stages are loaded up front and tile t + ST goes into tile t's stage as
-  // soon as every warp is done with it. Otherwise ST - 1 up front, and tile t + ST - 1 goes into
-  // tile t - 1's stage at the start of tile t.
-  constexpr int PRE = Cfg::early_refill ? ST : ST - 1;
 #pragma unroll
-  for (int s = 0; s < PRE; ++s) {
+  for (int s = 0; s < ST - 1; ++s) {
     if (s < ntiles) load_tile(s, s);
     cp_async_commit();  // the first group carries Q too
   }
-  cp_async_wait<PRE - 1>();
+  cp_async_wait<ST - 2>();
   __syncthreads();
 
   std::uint32_t qa[MT][D / 16][4];
@@ -295,10 +177,10 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
   for (int tile = 0; tile < ntiles; ++tile) {
     const int stage = tile % ST;
     if (tile > 0) {
-      cp_async_wait<PRE - 1>();
-      __syncthreads();  // tile's data visible (and, without early refill, every warp is done with tile - 1's stage)
+      cp_async_wait<ST - 2>();
+      __syncthreads();  // tile's data visible; every warp is done with tile - 1's stage
     }
-    if constexpr (!Cfg::early_refill) {
+    {
       const int next = tile + ST - 1;
       if (next < ntiles) load_tile(next, next % ST);
       cp_async_commit();
@@ -376,14 +258,6 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
         mma_16816<T>(o[mt][2 * dp + 1], pa[mt], vf[2], vf[3]);
       }
     }
-    if constexpr (Cfg::early_refill) {
-      const int next = tile + ST;
-      if (next < ntiles) {
-        __syncthreads();  // every warp is done with this stage
-        load_tile(next, stage);
-      }
-      cp_async_commit();
-    }
   }
   cp_async_wait<0>();
 
@@ -444,11 +318,9 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
       }
     }
   }
-  const std::size_t item = static_cast<std::size_t>(b) * gridDim.y + blockIdx.y;
-  const std::size_t slot0 = item * static_cast<std::size_t>(p.max_splits);
-  T* const out_rows = p.out + (static_cast<std::size_t>(b) * p.q_heads + head0) * D;
   if (warp == 0) {
-    const std::size_t slot = slot0 + static_cast<std::size_t>(split);
+    const std::size_t slot = (static_cast<std::size_t>(b) * gridDim.y + blockIdx.y) * static_cast<std::size_t>(p.max_splits) +
+                             static_cast<std::size_t>(split);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -457,7 +329,7 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
         if (row >= nh) continue;
         const float inv = 1.f / l[mt][h];  // l >= 1: the row's maximum weighs exactly 1
         if (nsplit == 1) {
-          T* dst = out_rows + static_cast<std::size_t>(row) * D + 2 * (lane & 3);
+          T* dst = p.out + (static_cast<std::size_t>(b) * p.q_heads + head0 + row) * D + 2 * (lane & 3);
 #pragma unroll
           for (int dt = 0; dt < D / 8; ++dt) {
             *reinterpret_cast<std::uint32_t*>(dst + dt * 8) = pack2<T>(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
@@ -466,38 +338,88 @@ __global__ void __launch_bounds__(Cfg::threads, decode_min_ctas<D, MT, Cfg>()) d
           float* dst = p.part_o + (slot * RB + row) * D + 2 * (lane & 3);
 #pragma unroll
           for (int dt = 0; dt < D / 8; ++dt) {
-            __stcg(reinterpret_cast<float2*>(dst + dt * 8), make_float2(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv));
+            *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
           }
-          if ((lane & 3) == 0) __stcg(p.part_lse + slot * RB + row, m[mt][h] + __log2f(l[mt][h]));
-        }
-      }
-    }
-  }
-  if (nsplit > 1) {
-    // Level 1: the last CTA of this split's group merges the group; level 2 (more than one
-    // group): the last group merger merges the groups.
-    constexpr int G = decode_merge_group;
-    const int g = split / G, ngroups = (nsplit + G - 1) / G;
-    int* const cnt = p.counters + item * static_cast<std::size_t>(1 + p.max_groups);
-    if (decode_arrive(cnt + 1 + g, min(G, nsplit - g * G), &s_flag)) {
-      const std::size_t first = slot0 + static_cast<std::size_t>(g) * G;
-      const int n = min(G, nsplit - g * G);
-      if (ngroups == 1) {
-        decode_merge<T, D, RB, NT>(p.part_o + first * RB * D, p.part_lse + first * RB, n, nh, out_rows, nullptr,
-                                   nullptr);
-      } else {
-        const std::size_t gs = item * static_cast<std::size_t>(p.max_groups) + static_cast<std::size_t>(g);
-        decode_merge<T, D, RB, NT>(p.part_o + first * RB * D, p.part_lse + first * RB, n, nh, nullptr,
-                                   p.group_o + gs * RB * D, p.group_lse + gs * RB);
-        if (decode_arrive(cnt, ngroups, &s_flag)) {
-          const std::size_t g0 = item * static_cast<std::size_t>(p.max_groups);
-          decode_merge<T, D, RB, NT>(p.group_o + g0 * RB * D, p.group_lse + g0 * RB, ngroups, nh, out_rows, nullptr,
-                                     nullptr);
+          if ((lane & 3) == 0) p.part_lse[slot * RB + row] = m[mt][h] + __log2f(l[mt][h]);
         }
       }
     }
   }
   pdl_launch_dependents();
+}
+
+/// Merges the splits of one (sequence, KV head x head block, head row): out = sum_s w_s O_s with
+/// w_s = 2^(lse_s - max) / sum. One warp per head row, four rows per CTA, one CTA row block per
+/// work item (no CTA for the padding rows of a tile); the lanes split D into float4 columns, and
+/// the splits when D / 4 < 32.
+template <class T, int D, int MT, class View>
+__global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const decode_params<T, View> p, int rows) {
+  constexpr int RB = 16 * MT, C4 = D / 4, G = C4 >= 32 ? 1 : 32 / C4, CW = C4 >= 32 ? (C4 + 31) / 32 : 1;
+  __shared__ float s_w[combine_threads / 32][decode_max_splits];
+  pdl_wait();  // the split kernel's partials are complete and visible
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int item = blockIdx.x;
+  const int r = blockIdx.y * (combine_threads / 32) + warp;
+  const int per_seq = p.kv.kv_heads * p.head_blocks;
+  const int b = item / per_seq;
+  const int rem = item - b * per_seq;
+  const int hk = rem / p.head_blocks, hb = rem - hk * p.head_blocks;
+  const int nh = min(RB, p.group - hb * RB);
+  if (r >= nh || r >= rows) return;
+  const int ctx = p.context[b];
+  if (decode_bad_context(p, b, ctx)) return;  // the split kernel wrote NaN
+  const int nsplit = (ctx + p.chunk - 1) / p.chunk;
+  if (nsplit <= 1) return;  // the split kernel wrote the output itself
+  const std::size_t slot0 = static_cast<std::size_t>(item) * static_cast<std::size_t>(p.max_splits);
+
+  float mx = -INFINITY;
+  for (int s = lane; s < nsplit; s += 32) mx = fmaxf(mx, p.part_lse[(slot0 + s) * RB + r]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+  for (int s = lane; s < nsplit; s += 32) {
+    const float w = fast_exp2(p.part_lse[(slot0 + s) * RB + r] - mx);
+    s_w[warp][s] = w;
+    sum += w;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  __syncwarp();
+  const float inv = 1.f / sum;
+
+  const int g = lane / (C4 < 32 ? C4 : 32);  // split group of this lane
+#pragma unroll
+  for (int cw = 0; cw < CW; ++cw) {
+    const int c = (C4 < 32 ? lane % C4 : lane) + cw * 32;
+    const bool active = c < C4 && g < G;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (active) {
+#pragma unroll 4
+      for (int s = g; s < nsplit; s += G) {
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(p.part_o + ((slot0 + s) * RB + r) * D) + c);
+        const float w = s_w[warp][s];
+        acc.x += w * x.x;
+        acc.y += w * x.y;
+        acc.z += w * x.z;
+        acc.w += w * x.w;
+      }
+    }
+    // Sum the split groups (lanes c, c + C4, ...; G > 1 only when C4 divides 32).
+#pragma unroll
+    for (int o = C4; G > 1 && o < 32; o <<= 1) {
+      acc.x += __shfl_down_sync(0xffffffffu, acc.x, o);
+      acc.y += __shfl_down_sync(0xffffffffu, acc.y, o);
+      acc.z += __shfl_down_sync(0xffffffffu, acc.z, o);
+      acc.w += __shfl_down_sync(0xffffffffu, acc.w, o);
+    }
+    if (active && g == 0) {
+      const int head = hk * p.group + hb * RB + r;
+      uint2 v;
+      v.x = pack2<T>(acc.x * inv, acc.y * inv);
+      v.y = pack2<T>(acc.z * inv, acc.w * inv);
+      *(reinterpret_cast<uint2*>(p.out + (static_cast<std::size_t>(b) * p.q_heads + head) * D) + c) = v;
+    }
+  }
 }
 
 /// The device's multiprocessors and the resident CTAs per multiprocessor of a kernel, computed
@@ -529,24 +451,23 @@ kernel_occupancy decode_occupancy() {
   return o;
 }
 
-inline std::size_t round16(std::size_t n) { return (n + 15u) & ~static_cast<std::size_t>(15u); }
-
-/// The launch shape of a decode call, a pure function of the host-side arguments and the device,
-/// and the workspace layout: decode_counter_slots counters (zero between calls), then the split
-/// partials and the group partials.
+/// The launch shape of a decode call, a pure function of the host-side arguments and the device.
 struct decode_plan {
   int head_blocks = 1;  // head blocks per KV head
   int chunk = 0;        // tokens per split
   int splits = 1;       // splits per (sequence, KV head, head block)
-  int groups = 1;       // merge groups per work item
   std::size_t items = 0;
-  std::size_t counter_bytes = 0, part_bytes = 0, part_lse_bytes = 0, group_bytes = 0, group_lse_bytes = 0;
   std::size_t workspace = 0;  // bytes
 };
 
-/// Chooses the split: about two CTAs per SM in all (floor(2 x SMs / work items)), at most
-/// decode_max_splits splits and at least two tiles per split. bench/cuda's sweeps over forced
-/// splits (NOTES.md, v3 and v5) found the best split of every measured shape near this rule.
+/// Chooses the split: about two CTAs per SM in all (floor(2 x SMs / work items)), at most 64 splits
+/// and at least two tiles per split; no split in two, though (work items between 2/3 and all of the
+/// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
+/// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
+/// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
+/// bench/cuda's sweep over forced splits (NOTES.md, v3) found the best split of every measured
+/// shape within one power of two of this rule, and a cost model (tail of long CTAs, per-CTA
+/// streaming rate) that chose otherwise lost up to 35%.
 template <class T, int D, int MT, class Cfg, class View>
 decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch& ab) {
   decode_plan pl;
@@ -556,34 +477,18 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
              static_cast<std::size_t>(pl.head_blocks);
   const int tiles = (ab.max_context + Cfg::tile - 1) / Cfg::tile;
   const kernel_occupancy occ = decode_occupancy<T, D, MT, Cfg, View>();
-  const int per_sm = decode_ctas_per_sm.load(std::memory_order_relaxed) > 0 ? decode_ctas_per_sm.load() : 2;
-  const int min_tiles = decode_min_tiles.load(std::memory_order_relaxed) > 0 ? decode_min_tiles.load() : 2;
-  const std::size_t want =
-      std::max<std::size_t>(1, static_cast<std::size_t>(per_sm) * static_cast<std::size_t>(occ.sms) / pl.items);
-  int s = static_cast<int>(std::min<std::size_t>(want, decode_max_splits));
-  s = std::min(s, std::max(1, tiles / min_tiles));
+  const std::size_t want = std::max<std::size_t>(1, 2u * static_cast<std::size_t>(occ.sms) / pl.items);
+  int s = static_cast<int>(std::min<std::size_t>(want, 64));
+  if (s == 2) s = 1;
+  s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
-  int ct = (tiles + s - 1) / s;  // tiles per split
+  const int ct = (tiles + s - 1) / s;  // tiles per split
   pl.splits = (tiles + ct - 1) / ct;
-  pl.groups = (pl.splits + decode_merge_group - 1) / decode_merge_group;
-  if (pl.splits > 1 && pl.items * static_cast<std::size_t>(1 + pl.groups) > decode_counter_slots) {
-    ct = tiles;  // more counters than the workspace holds: no split
-    pl.splits = pl.groups = 1;
-  }
   pl.chunk = ct * Cfg::tile;
   if (pl.splits > 1) {
-    constexpr std::size_t RB = 16 * MT;
-    pl.counter_bytes = decode_counter_slots * sizeof(int);
-    const std::size_t part = pl.items * static_cast<std::size_t>(pl.splits) * RB;
-    pl.part_bytes = part * static_cast<std::size_t>(D) * sizeof(float);
-    pl.part_lse_bytes = round16(part * sizeof(float));
-    if (pl.groups > 1) {
-      const std::size_t gp = pl.items * static_cast<std::size_t>(pl.groups) * RB;
-      pl.group_bytes = gp * static_cast<std::size_t>(D) * sizeof(float);
-      pl.group_lse_bytes = round16(gp * sizeof(float));
-    }
-    pl.workspace = pl.counter_bytes + pl.part_bytes + pl.part_lse_bytes + pl.group_bytes + pl.group_lse_bytes;
+    const std::size_t part = pl.items * static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(16 * MT);
+    pl.workspace = part * static_cast<std::size_t>(D) * sizeof(float) + part * sizeof(float);
   }
   return pl;
 }
@@ -628,7 +533,6 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
              pl.workspace, " (decode_workspace_bytes)");
   MLKV_CHECK(pl.workspace == 0 || (workspace != nullptr && aligned16(workspace)),
              "decode workspace must be a 16-byte aligned device pointer");
-  MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
   decode_params<T, View> p{};
   p.kv = kv;
   p.q = q;
@@ -639,35 +543,31 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.head_blocks = pl.head_blocks;
   p.chunk = pl.chunk;
   p.max_splits = pl.splits;
-  p.max_groups = pl.groups;
   p.scale_log2 = scale * 1.4426950408889634f;
-  if (pl.workspace != 0) {
-    unsigned char* w = static_cast<unsigned char*>(workspace);
-    p.counters = reinterpret_cast<int*>(w);
-    w += pl.counter_bytes;
-    p.part_o = reinterpret_cast<float*>(w);
-    w += pl.part_bytes;
-    p.part_lse = reinterpret_cast<float*>(w);
-    w += pl.part_lse_bytes;
-    p.group_o = pl.group_bytes != 0 ? reinterpret_cast<float*>(w) : nullptr;
-    w += pl.group_bytes;
-    p.group_lse = pl.group_lse_bytes != 0 ? reinterpret_cast<float*>(w) : nullptr;
-  }
-  // Launched plainly: launched early (programmatic dependent launch), its CTAs were placed
-  // wherever the previous kernel left room and packed onto few SMs (NOTES.md, v3).
+  p.part_o = static_cast<float*>(workspace);
+  p.part_lse = pl.workspace != 0
+                   ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
+                   : nullptr;
+  // The split kernel is launched plainly: launched early (programmatic dependent launch), its CTAs
+  // were placed wherever the previous kernel left room and packed onto few SMs (NOTES.md, v3).
+  // The combine kernel follows it with programmatic dependent launch (it waits before reading).
   launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>,
              dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
                   static_cast<unsigned>(ab.batch)),
              dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
+  if (pl.splits > 1) {
+    MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
+    const int rows = std::min(p.group, 16 * MT);
+    launch_pdl(decode_combine_kernel<T, D, MT, View>,
+               dim3(static_cast<unsigned>(pl.items), static_cast<unsigned>((rows + 3) / 4)), dim3(combine_threads), 0,
+               stream, /*programmatic=*/true, p, rows);
+  }
 }
 
 }  // namespace detail
 
 /// Bytes of device workspace decode_attention needs for these arguments on the current device
-/// (0 when it needs none). Zero-fill the workspace once before its first decode call
-/// (cudaMemset(ws, 0, bytes)): it holds the split merge's arrival counters, which every call
-/// leaves at zero again, so no call needs a memset of its own. A workspace sized for a larger
-/// call serves every smaller one.
+/// (0 when it needs none). Zero-initialisation is not required.
 template <class View>
 std::size_t decode_workspace_bytes(const View& kv, int q_heads, const attention_batch& ab) {
   using T = typename View::value_type;
@@ -687,8 +587,7 @@ std::size_t decode_workspace_bytes(const View& kv, int q_heads, const attention_
 ///   q, out:    [ab.batch, q_heads, head_dim], storage type, 16-byte aligned
 ///   ab:        attention_batch::decode(batch, context, max_context); max_context bounds every
 ///              context[b] and sizes the split (a longer context gives NaN rows, never a bad read)
-///   workspace: decode_workspace_bytes(kv, q_heads, ab) bytes of device memory (may be null when 0),
-///              zero-filled once before its first use; one call at a time per workspace
+///   workspace: decode_workspace_bytes(kv, q_heads, ab) bytes of device memory (may be null when 0)
 /// Stream-ordered, allocation-free and synchronisation-free: capturable in a CUDA graph.
 template <class View>
 void decode_attention(const View& kv, int q_heads, const typename View::value_type* q,

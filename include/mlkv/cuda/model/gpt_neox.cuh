@@ -837,8 +837,6 @@ class cuda_model {
       MLKV_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old workspace may be in use (capture time only)
       clear_graphs();
       dec_ws_ = device_memory(need);
-      // Zeroed once: decode's merge counters live there, and every decode call leaves them zero.
-      MLKV_CUDA_CHECK(cudaMemsetAsync(dec_ws_.get(), 0, dec_ws_.bytes(), stream_));
     }
     // The step runs once outside a capture first: the first launch of each kernel (function
     // attributes, occupancy queries, cuBLAS's choices) must not happen inside one. It writes the
