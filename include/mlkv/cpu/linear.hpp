@@ -141,10 +141,40 @@ MLKV_ALWAYS_INLINE __m512bh load32(const bf16* p, int n) {
   return reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(m, p));
 }
 
-/// VDPBF16PS tile: x already rounded to bf16 (xb), R rows by C weight rows.
+/// One row of x by C weight rows, each weight row read start to end before the next (two
+/// accumulator chains per row). A matrix-vector product is a pure stream of W: read in address
+/// order, the hardware prefetchers keep it going at 32-41 GB/s on the 2-core Zen 4 (1 thread:
+/// 22 GB/s), where the interleaved 4-row walk of tile_dpbf16 reached 20-23 GB/s (12 with 1
+/// thread) whatever the software prefetch distance.
+template <int C>
+void row_dpbf16(const bf16* xb, const bf16* w, std::size_t ldw, int k, const float* bias, float* y) {
+  __m512 acc[C];
+  #pragma GCC unroll 8
+  for (int j = 0; j < C; ++j) {
+    const bf16* wj = w + static_cast<std::size_t>(j) * ldw;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + 64 <= k; t += 64) {
+      a0 = _mm512_dpbf16_ps(a0, load32(xb + t, 32), load32(wj + t, 32));
+      a1 = _mm512_dpbf16_ps(a1, load32(xb + t + 32, 32), load32(wj + t + 32, 32));
+    }
+    for (; t < k; t += 32) a0 = _mm512_dpbf16_ps(a0, load32(xb + t, k - t), load32(wj + t, k - t));
+    acc[j] = _mm512_add_ps(a0, a1);
+  }
+  store_row<C>(acc, bias, y);
+}
+
+/// VDPBF16PS tile: x already rounded to bf16 (xb), R rows by C weight rows. One row of x goes
+/// to row_dpbf16; with several, each weight vector loaded feeds R products, and the interleaved
+/// walk keeps the arithmetic dense.
 template <int R, int C>
 void tile_dpbf16(const bf16* xb, std::size_t ldx, const bf16* w, std::size_t ldw, int k, const float* bias, float* y,
                  std::size_t ldy) {
+  if constexpr (R == 1) {
+    (void)ldx;
+    (void)ldy;
+    return row_dpbf16<C>(xb, w, ldw, k, bias, y);
+  }
   __m512 acc[R][C];
   #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
