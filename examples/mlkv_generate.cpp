@@ -149,27 +149,6 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-/// Pythia-160M's configuration (EleutherAI/pythia-160m), as an MHA checkpoint.
-mlkv::io::gpt_neox_config pythia160m_config() {
-  mlkv::io::gpt_neox_config c;
-  c.vocab_size = 50304;
-  c.hidden_size = 768;
-  c.num_hidden_layers = 12;
-  c.num_attention_heads = 12;
-  c.intermediate_size = 3072;
-  c.max_position_embeddings = 2048;
-  c.num_key_value_heads = 12;
-  c.num_key_value_layers = 12;
-  c.rotary_pct = 0.25;
-  c.rotary_emb_base = 10000;
-  c.use_parallel_residual = true;
-  c.hidden_act = "gelu";
-  c.layer_norm_eps = 1e-5;
-  c.tie_word_embeddings = false;
-  c.validate();
-  return c;
-}
-
 struct run_stats {
   double prefill_ms = 0, decode_ms = 0;
   int decode_tokens = 0;
@@ -252,7 +231,7 @@ void print_header() {
 
 template <class W>
 int run_paper(const options& o, mlkv::cpu::executor& pool) {
-  const mlkv::io::gpt_neox_config mha = pythia160m_config();
+  const mlkv::io::gpt_neox_config mha = mlkv::io::pythia160m_config();
   const auto prompts = make_prompts(o, mha.vocab_size);
   std::printf("Pythia-160M-shaped models with random weights (seed 2024), %s weights, bf16 cache in pages of %d "
               "tokens\nbatch %d, %zu prompt tokens, %d new tokens, %s, %d threads\n\n",

@@ -143,26 +143,6 @@ double read_bandwidth(cudaStream_t s, int sms, std::string& best_shape) {
 
 constexpr int bench_page = 64;
 
-io::gpt_neox_config pythia160m_config() {
-  io::gpt_neox_config c;
-  c.vocab_size = 50304;
-  c.hidden_size = 768;
-  c.num_hidden_layers = 12;
-  c.num_attention_heads = 12;
-  c.intermediate_size = 3072;
-  c.max_position_embeddings = 2048;
-  c.num_key_value_heads = 12;
-  c.num_key_value_layers = 12;
-  c.rotary_pct = 0.25;
-  c.rotary_emb_base = 10000;
-  c.use_parallel_residual = true;
-  c.hidden_act = "gelu";
-  c.layer_norm_eps = 1e-5;
-  c.tie_word_embeddings = false;
-  c.validate();
-  return c;
-}
-
 struct bench_options {
   std::vector<std::string> configs;
   std::vector<std::string> batches{"1", "16", "128", "512", "max"};
@@ -201,11 +181,11 @@ template <model_shape S>
 void bench_config(const char* name, const bench_options& o, double read_bw, std::size_t budget, cudaStream_t s,
                   std::vector<row>& rows, std::vector<std::string>& notes) {
   using cache_t = paged_kv_cache<S, bf16, bench_page>;
-  io::gpt_neox_config cfg = pythia160m_config();
+  io::gpt_neox_config cfg = io::pythia160m_config();
   cfg.num_key_value_heads = S.kv_heads;
   cfg.num_key_value_layers = S.kv_layers;
   // As the paper's converter does: the MLP widened to keep the parameter count.
-  cfg.intermediate_size = paper_intermediate(pythia160m_config(), S.kv_heads, S.kv_layers);
+  cfg.intermediate_size = paper_intermediate(io::pythia160m_config(), S.kv_heads, S.kv_layers);
   cfg.validate();
   const auto t0 = std::chrono::steady_clock::now();
   const auto w = model::random_weights<bf16>(cfg, 2024);

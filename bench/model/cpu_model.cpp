@@ -33,26 +33,10 @@ struct row {
   double us_per_step = 0, tokens_per_s = 0, weight_bytes = 0, kv_bytes = 0, floor_us = 0;
 };
 
-mlkv::io::gpt_neox_config pythia160m() {
-  mlkv::io::gpt_neox_config c;
-  c.vocab_size = 50304;
-  c.hidden_size = 768;
-  c.num_hidden_layers = 12;
-  c.num_attention_heads = 12;
-  c.intermediate_size = 3072;
-  c.max_position_embeddings = 2048;
-  c.num_key_value_heads = 12;
-  c.num_key_value_layers = 12;
-  c.rotary_pct = 0.25;
-  c.rotary_emb_base = 10000;
-  c.validate();
-  return c;
-}
-
 template <mlkv::model_shape S>
 void bench_config(std::string_view name, const std::vector<int>& batches, const std::vector<int>& contexts,
                   mlkv::cpu::executor& pool, double gbps, std::vector<row>& rows) {
-  const auto mha = pythia160m();
+  const auto mha = mlkv::io::pythia160m_config();
   auto cfg = mha;
   cfg.num_key_value_heads = S.kv_heads;
   cfg.num_key_value_layers = S.kv_layers;

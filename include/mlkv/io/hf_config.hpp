@@ -348,6 +348,28 @@ inline gpt_neox_config read_gpt_neox_config(const std::filesystem::path& path) {
   return parse_gpt_neox_config(json::parse(text, source), source);
 }
 
+/// Pythia-160M's configuration (EleutherAI/pythia-160m) as an MHA checkpoint has it: the shape
+/// of the paper's experiments, for demos and benchmarks with random weights.
+inline gpt_neox_config pythia160m_config() {
+  gpt_neox_config c;
+  c.vocab_size = 50304;
+  c.hidden_size = 768;
+  c.num_hidden_layers = 12;
+  c.num_attention_heads = 12;
+  c.intermediate_size = 3072;
+  c.max_position_embeddings = 2048;
+  c.num_key_value_heads = 12;
+  c.num_key_value_layers = 12;
+  c.rotary_pct = 0.25;
+  c.rotary_emb_base = 10000;
+  c.use_parallel_residual = true;
+  c.hidden_act = "gelu";
+  c.layer_norm_eps = 1e-5;
+  c.tie_word_embeddings = false;
+  c.validate();
+  return c;
+}
+
 inline json::value gpt_neox_config::to_json() const {
   json::value o = raw.is_object() ? raw : json::value::object();
   // Writes `v` unless raw already holds an equal value (numbers compare by value).
