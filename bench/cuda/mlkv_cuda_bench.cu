@@ -3,6 +3,7 @@
 // [B, Hkv, S, D] tensors), and a read-only kernel that measures the device's read bandwidth.
 // Every function returns 0 on success, or -1 with the message in mlkv_bench_error().
 #include <mlkv/cuda/attention.cuh>
+#include "../common/read_kernel.cuh"
 
 #include <cstddef>
 #include <cstdint>
@@ -37,26 +38,7 @@ mlkv::contiguous_slot_view<mlkv::bf16> view_of(const void* k, const void* v, int
   return s;
 }
 
-/// Reads n 16-byte vectors, U loads in flight per thread, streaming (evict-first); the XOR of
-/// everything is written only if it equals a constant, so the loads cannot be dropped.
-template <int U>
-__global__ void read_kernel(const uint4* __restrict__ p, std::size_t n, unsigned* sink) {
-  unsigned acc = 0;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (; i + (U - 1) * stride < n; i += U * stride) {
-    uint4 v[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) v[u] = __ldcs(p + i + u * stride);
-#pragma unroll
-    for (int u = 0; u < U; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  for (; i < n; i += stride) {
-    const uint4 v = __ldcs(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) *sink = acc;
-}
+using mlkv_bench::read_kernel;
 
 }  // namespace
 

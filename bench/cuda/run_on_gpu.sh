@@ -45,7 +45,7 @@ if has build; then
   excl=(--exclude=./build --exclude='./build-*' --exclude=./.git)
   for d in tests/*/ bench/*/; do
     case "${d%/}" in
-      tests/cuda | tests/compile_fail | tests/consumer | tests/data | bench/cuda | bench/results) ;;
+      tests/cuda | tests/compile_fail | tests/consumer | tests/data | bench/cuda | bench/common | bench/results) ;;
       *) excl+=("--exclude=./${d%/}") ;;
     esac
   done
