@@ -48,7 +48,7 @@ if has build; then
   excl=(--exclude=./build --exclude='./build-*' --exclude=./.git --exclude=./.cm_bin)
   for d in tests/*/ bench/*/; do
     case "${d%/}" in
-      tests/cuda | tests/cuda_model | tests/compile_fail | tests/consumer | tests/data | bench/cuda_model | bench/common | bench/results) ;;
+      tests/cuda | tests/cuda_model | tests/model | tests/compile_fail | tests/consumer | tests/data | bench/cuda_model | bench/common | bench/results) ;;
       *) excl+=("--exclude=./${d%/}") ;;
     esac
   done
