@@ -122,7 +122,7 @@ class cpu_model {
     if (R == 0) return;
 
     // Map every page the new tokens need, all or nothing.
-    reserve_all(cache, seqs, offsets);
+    model::reserve_rows(cache, seqs, offsets);
     try {
       run_layers(cache, seqs, offsets, tokens);
     } catch (...) {
@@ -158,20 +158,6 @@ class cpu_model {
                      S.owner(l) == w_.layers[static_cast<std::size_t>(l)].owner,
                  "layer ", l, " reads owner layer ", S.source_layer(l), " in the cache's geometry but owner layer ",
                  s.source_layer(l), " in the model's");
-    }
-  }
-
-  template <class Cache>
-  static void reserve_all(Cache& cache, std::span<const seq_id> seqs, std::span<const std::int32_t> offsets) {
-    int done = 0;
-    try {
-      for (; done < static_cast<int>(seqs.size()); ++done) {
-        const int n = offsets[done + 1] - offsets[done];
-        if (n > 0) cache.reserve(seqs[done], n);
-      }
-    } catch (...) {
-      for (int b = 0; b < done; ++b) cache.truncate(seqs[b], cache.length(seqs[b]));
-      throw;
     }
   }
 
@@ -213,7 +199,7 @@ class cpu_model {
       starts_[static_cast<std::size_t>(b)] = cache.length(seqs[b]);
       context_[static_cast<std::size_t>(b)] = starts_[static_cast<std::size_t>(b)] + offsets[b + 1] - offsets[b];
     }
-    const auto batch = cache.make_batch(seqs);  // after reserve_all: the pages are mapped
+    const auto batch = cache.make_batch(seqs);  // after reserve_rows: the pages are mapped
     const cpu::attention_batch ab{B, context_.data(), offsets.data()};
     const rotary* key_rope_on_append = opt_.keys == key_rope::cached_rotated ? &rope_ : nullptr;
 

@@ -254,7 +254,7 @@ class cuda_model {
       max_ctx = std::max(max_ctx, ctx);
     }
     if (R == 0) return;
-    reserve_all(cache, seqs, offsets);
+    model::reserve_rows(cache, seqs, offsets);
     try {
       cache.fill_batch(seqs, batch_host_<Cache>());
       stage_general(cache, seqs, offsets, tokens, which);
@@ -314,7 +314,7 @@ class cuda_model {
     check_distinct(seqs);
     // One reserve per sequence (the batch form checks duplicates in O(batch^2)), all or nothing.
     const std::vector<std::int32_t>& ones = ones_for(B);
-    reserve_all(cache, seqs, std::span<const std::int32_t>(ones.data(), static_cast<std::size_t>(B) + 1));
+    model::reserve_rows(cache, seqs, std::span<const std::int32_t>(ones.data(), static_cast<std::size_t>(B) + 1));
     try {
       cache.fill_batch(seqs, batch_host_<Cache>());
       stage_decode(cache, B, tokens_on_device ? nullptr : tokens);
@@ -574,20 +574,6 @@ class cuda_model {
   const std::vector<std::int32_t>& ones_for(int B) {
     while (static_cast<int>(ones_.size()) < B + 1) ones_.push_back(static_cast<std::int32_t>(ones_.size()));
     return ones_;
-  }
-
-  template <class Cache>
-  static void reserve_all(Cache& cache, std::span<const seq_id> seqs, std::span<const std::int32_t> offsets) {
-    int done = 0;
-    try {
-      for (; done < static_cast<int>(seqs.size()); ++done) {
-        const int n = offsets[done + 1] - offsets[done];
-        if (n > 0) cache.reserve(seqs[done], n);
-      }
-    } catch (...) {
-      for (int b = 0; b < done; ++b) cache.truncate(seqs[b], cache.length(seqs[b]));
-      throw;
-    }
   }
 
   /// The host batch object of the cache type (reused between calls: no allocation once grown).
