@@ -7,17 +7,19 @@
 // contiguous cache and to paged caches of 16 and 64 tokens per page whose pages were handed out
 // in random order (a fragmented pool). One step is the decode attention over every owner slot
 // once (what a decode step must read; consumer layers re-read their owner's slot), with the fast
-// CPU kernel (cpu/attention.hpp, the best ISA path of this CPU). The three caches run in rotating
-// order within each repetition; the table reports the minimum over repetitions (the machine is
-// shared, so the minimum is the least disturbed figure) and the median.
+// CPU kernel (cpu/attention.hpp, the best ISA path of this CPU, prefetching as in a model step).
+// The caches run in rotating order within each repetition; the table reports the minimum over
+// repetitions (the machine is shared, so the minimum is the least disturbed figure) and the
+// median. P=16 is also timed with one KV head per decode task (the walk before the automatic
+// choice of attention_options::kv_heads_per_task).
 //  - cold: the last-level cache is flushed before each step (a 96 MiB sweep), as in a model
 //    where weights stream through the caches between attention calls: K/V come from DRAM;
 //  - warm: the same step repeated back to back.
 // Bandwidth: K/V bytes a step reads over its time, next to a measured read bandwidth of this
 // machine (a sum over 1 GiB on the same threads).
-// The paged pool's own memory asks for transparent huge pages (cache/paged.hpp); the contiguous
-// cache is measured as built and once more over huge-page memory, so that the table separates
-// the cost of paging from the cost of 4 KiB pages.
+// Both caches own their memory, which asks for transparent huge pages (detail::cache_memory in
+// cache/buffer.hpp), so the table compares paging with its contiguous counterpart and not with
+// 4 KiB pages.
 #include <mlkv/cache/contiguous.hpp>
 #include <mlkv/cache/paged.hpp>
 #include <mlkv/cpu/attention.hpp>
@@ -164,7 +166,8 @@ timing summarize(std::vector<double> us) {
 struct row {
   std::string geometry, kernel, mode;
   int page_tokens = 0, batch = 0, context = 0, threads = 0;
-  timing contiguous, contiguous_huge, paged;
+  timing contiguous, paged;
+  timing paged_one_head;  // P=16 only: decode tasks of one KV head (attention_options::kv_heads_per_task = 1)
   double bytes = 0;  // K/V bytes one step reads
 };
 
@@ -187,10 +190,6 @@ void run_geometry(const char* name, const options& o, std::vector<row>& rows, st
   std::fflush(stdout);
 
   mlkv::kv_cache<S, T> flat(B, ctx);
-  // The same contiguous cache over memory on transparent huge pages (as the paged pool's own
-  // memory is): separates the cost of paging from the cost of 4 KiB pages.
-  const mlkv::detail::page_memory<T> huge_mem(mlkv::kv_cache<S, T>::elements(B, ctx));
-  mlkv::kv_cache<S, T> flat_huge(std::span<T>(huge_mem.data(), mlkv::kv_cache<S, T>::elements(B, ctx)), B, ctx);
   using p16_t = mlkv::paged_kv_cache<S, T, 16>;
   using p64_t = mlkv::paged_kv_cache<S, T, 64>;
   p16_t p16(B * p16_t::blocks_for(ctx));
@@ -231,12 +230,10 @@ void run_geometry(const char* name, const options& o, std::vector<row>& rows, st
           for (auto& x : k) x = u(gen);
           for (auto& x : v) x = u(gen);
           flat.append(s, b, n, k.data(), v.data(), &rope);
-          flat_huge.append(s, b, n, k.data(), v.data(), &rope);
           p16.append(s, id16[static_cast<std::size_t>(b)], n, k.data(), v.data(), &rope);
           p64.append(s, id64[static_cast<std::size_t>(b)], n, k.data(), v.data(), &rope);
         }
         flat.commit(b, n);
-        flat_huge.commit(b, n);
         p16.commit(id16[static_cast<std::size_t>(b)], n);
         p64.commit(id64[static_cast<std::size_t>(b)], n);
       }
@@ -270,16 +267,21 @@ void run_geometry(const char* name, const options& o, std::vector<row>& rows, st
   for (const int threads : thread_counts) {
     std::unique_ptr<mlkv::cpu::thread_pool> tp;
     if (threads > 1) tp = std::make_unique<mlkv::cpu::thread_pool>(threads);
-    const mlkv::cpu::attention_options opt{.isa = mlkv::cpu::best_isa(), .exec = tp.get()};
-    auto step = [&](auto view_of) {
-      for (int s = 0; s < slots; ++s) mlkv::cpu::decode(view_of(s), Hq, q.data(), out.data(), B, context.data(), scale, opt);
+    // A step reads every owner slot (32 MiB and 256 MiB here, more than the last-level cache),
+    // and a model streams its weights between steps: the K/V comes from DRAM, so prefetch, as
+    // the CPU model does (attention_options::prefetch_min_bytes).
+    const mlkv::cpu::attention_options opt{.isa = mlkv::cpu::best_isa(), .exec = tp.get(), .prefetch_min_bytes = 0};
+    auto one_head = opt;
+    one_head.kv_heads_per_task = 1;
+    auto step = [&](auto view_of, const mlkv::cpu::attention_options& o) {
+      for (int s = 0; s < slots; ++s) mlkv::cpu::decode(view_of(s), Hq, q.data(), out.data(), B, context.data(), scale, o);
     };
-    auto step_flat = [&] { step([&](int s) { return flat.slot_view(s); }); };
-    auto step_huge = [&] { step([&](int s) { return flat_huge.slot_view(s); }); };
-    auto step_16 = [&] { step([&](int s) { return b16.slot_view(s); }); };
-    auto step_64 = [&] { step([&](int s) { return b64.slot_view(s); }); };
+    auto step_flat = [&] { step([&](int s) { return flat.slot_view(s); }, opt); };
+    auto step_16 = [&] { step([&](int s) { return b16.slot_view(s); }, opt); };
+    auto step_64 = [&] { step([&](int s) { return b64.slot_view(s); }, opt); };
+    auto step_16_one = [&] { step([&](int s) { return b16.slot_view(s); }, one_head); };
     for (const bool cold : {true, false}) {
-      std::vector<double> t_flat, t_huge, t16, t64;
+      std::vector<double> t_flat, t16, t64, t16_one;
       auto time_one = [&](auto&& f, std::vector<double>& into) {
         if (cold) flush();
         const auto t0 = clk::now();
@@ -287,18 +289,18 @@ void run_geometry(const char* name, const options& o, std::vector<row>& rows, st
         into.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
       };
       step_flat();  // warm-up: thread pool, thread-local scratch
-      step_huge();
       step_16();
       step_64();
+      step_16_one();
       for (int rep = 0; rep < o.reps; ++rep) {
         switch (rep % 4) {  // rotate the order so no cache always runs first
-          case 0: time_one(step_flat, t_flat); time_one(step_huge, t_huge); time_one(step_16, t16); time_one(step_64, t64); break;
-          case 1: time_one(step_huge, t_huge); time_one(step_16, t16); time_one(step_64, t64); time_one(step_flat, t_flat); break;
-          case 2: time_one(step_16, t16); time_one(step_64, t64); time_one(step_flat, t_flat); time_one(step_huge, t_huge); break;
-          default: time_one(step_64, t64); time_one(step_flat, t_flat); time_one(step_huge, t_huge); time_one(step_16, t16); break;
+          case 0: time_one(step_flat, t_flat); time_one(step_16, t16); time_one(step_64, t64); time_one(step_16_one, t16_one); break;
+          case 1: time_one(step_16, t16); time_one(step_64, t64); time_one(step_16_one, t16_one); time_one(step_flat, t_flat); break;
+          case 2: time_one(step_64, t64); time_one(step_16_one, t16_one); time_one(step_flat, t_flat); time_one(step_16, t16); break;
+          default: time_one(step_16_one, t16_one); time_one(step_flat, t_flat); time_one(step_16, t16); time_one(step_64, t64); break;
         }
       }
-      const timing tf = summarize(t_flat), th = summarize(t_huge);
+      const timing tf = summarize(t_flat);
       for (const int P : {16, 64}) {
         row r;
         r.geometry = name;
@@ -309,17 +311,20 @@ void run_geometry(const char* name, const options& o, std::vector<row>& rows, st
         r.context = ctx;
         r.threads = threads;
         r.contiguous = tf;
-        r.contiguous_huge = th;
         r.paged = summarize(P == 16 ? t16 : t64);
+        if (P == 16) r.paged_one_head = summarize(t16_one);
         r.bytes = step_bytes;
         rows.push_back(r);
-        std::printf("  %-4s threads %d  P=%-3d contiguous %9.1f us (huge pages %9.1f)  paged %9.1f us  overhead %+6.2f %% "
-                    "(%+6.2f %% vs huge)  medians %9.1f %9.1f %9.1f  %5.1f / %5.1f GB/s\n",
-                    r.mode.c_str(), threads, P, r.contiguous.min_us, r.contiguous_huge.min_us, r.paged.min_us,
-                    100.0 * (r.paged.min_us / r.contiguous.min_us - 1.0),
-                    100.0 * (r.paged.min_us / r.contiguous_huge.min_us - 1.0), r.contiguous.median_us,
-                    r.contiguous_huge.median_us, r.paged.median_us, step_bytes / r.contiguous.min_us / 1e3,
+        std::printf("  %-4s threads %d  P=%-3d contiguous %9.1f us  paged %9.1f us  overhead %+6.2f %%  "
+                    "medians %9.1f %9.1f  %5.1f / %5.1f GB/s\n",
+                    r.mode.c_str(), threads, P, r.contiguous.min_us, r.paged.min_us,
+                    100.0 * (r.paged.min_us / r.contiguous.min_us - 1.0), r.contiguous.median_us,
+                    r.paged.median_us, step_bytes / r.contiguous.min_us / 1e3,
                     step_bytes / r.paged.min_us / 1e3);
+        if (P == 16) {
+          std::printf("                      one KV head per task: paged %9.1f us  overhead %+6.2f %%\n",
+                      r.paged_one_head.min_us, 100.0 * (r.paged_one_head.min_us / r.contiguous.min_us - 1.0));
+        }
         std::fflush(stdout);
       }
     }
@@ -431,23 +436,27 @@ int main(int argc, char** argv) {
      << json_escape(o.note) << "\"},\n";
   js << "  \"definition\": \"one step = decode attention (one query row per sequence) over every owner slot once; "
         "cold = last-level cache flushed before each step, warm = repeated back to back; us figures are minima over "
-        "the repetitions; overhead_pct = paged / contiguous - 1 (the caches as built: the paged pool's memory asks "
-        "for transparent huge pages, the contiguous cache's does not); overhead_vs_huge_pages_pct compares with the "
-        "same contiguous cache over huge-page memory\",\n";
+        "the repetitions; overhead_pct = paged / contiguous - 1 (the caches as built: both own memory that asks for "
+        "transparent huge pages); every call prefetches (attention_options::prefetch_min_bytes = 0, as in the CPU "
+        "model: a step reads more than the last-level cache); paged decode walks a sequence's KV heads together over "
+        "16-token pages (attention_options::kv_heads_per_task, automatic); the *_one_kv_head_per_task figures force "
+        "one KV head per task (the walk before that choice)\",\n";
   js << "  \"rows\": [\n";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const row& r = rows[i];
     js << "    {\"geometry\": \"" << json_escape(r.geometry) << "\", \"dtype\": \"bf16\", \"page_tokens\": " << r.page_tokens
        << ", \"batch\": " << r.batch << ", \"context\": " << r.context << ", \"threads\": " << r.threads
        << ", \"mode\": \"" << r.mode << "\", \"kernel\": \"" << r.kernel << "\", \"us_per_step_contiguous\": "
-       << r.contiguous.min_us << ", \"us_per_step_contiguous_huge_pages\": " << r.contiguous_huge.min_us
+       << r.contiguous.min_us
        << ", \"us_per_step_paged\": " << r.paged.min_us << ", \"median_us_contiguous\": " << r.contiguous.median_us
-       << ", \"median_us_contiguous_huge_pages\": " << r.contiguous_huge.median_us
        << ", \"median_us_paged\": " << r.paged.median_us
        << ", \"overhead_pct\": " << 100.0 * (r.paged.min_us / r.contiguous.min_us - 1.0)
-       << ", \"overhead_vs_huge_pages_pct\": " << 100.0 * (r.paged.min_us / r.contiguous_huge.min_us - 1.0)
-       << ", \"kv_bytes_per_step\": " << static_cast<std::uint64_t>(r.bytes)
-       << ", \"gbps_contiguous\": " << r.bytes / r.contiguous.min_us / 1e3 << ", \"gbps_paged\": " << r.bytes / r.paged.min_us / 1e3
+       << ", \"kv_bytes_per_step\": " << static_cast<std::uint64_t>(r.bytes);
+    if (r.page_tokens == 16) {
+      js << ", \"us_per_step_paged_one_kv_head_per_task\": " << r.paged_one_head.min_us
+         << ", \"overhead_one_kv_head_per_task_pct\": " << 100.0 * (r.paged_one_head.min_us / r.contiguous.min_us - 1.0);
+    }
+    js << ", \"gbps_contiguous\": " << r.bytes / r.contiguous.min_us / 1e3 << ", \"gbps_paged\": " << r.bytes / r.paged.min_us / 1e3
        << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
   }
   js << "  ],\n  \"memory\": [\n";

@@ -66,6 +66,8 @@ TEST_CASE("the fast path rejects what the reference rejects, with the same messa
   REQUIRE(what({1, 1}, nullptr, 2, 10) == "mlkv: query heads (10) must be a positive multiple of KV heads (4)");
   REQUIRE(what({1, 1}, nullptr, 2, 12, {.split_tokens = -3}) ==
           "mlkv: split_tokens (-3) must be 0 (automatic) or positive");
+  REQUIRE(what({1, 1}, nullptr, 2, 12, {.kv_heads_per_task = -1}) ==
+          "mlkv: kv_heads_per_task (-1) must be 0 (automatic) or positive");
   // A hand-made view with a head dim the kernels cannot tile.
   auto v = cache.slot_view(0);
   v.head_dim = 60;

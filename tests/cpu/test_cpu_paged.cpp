@@ -77,17 +77,34 @@ void same_bits_as_contiguous(std::uint64_t seed) {
       // The software prefetch walks the same runs: on for the second split setting.
       const mlkv::cpu::attention_options opt{
           .isa = i, .split_tokens = split, .prefetch_min_bytes = split == 0 ? std::size_t{16} << 20 : 0};
-      // Under emulation and the sanitizers: the first and the last layer only.
-      for (int l = 0; l < S.layers; l += reduced() ? std::max(1, S.layers - 1) : 1) {
-        std::vector<float> a(q.size(), std::numeric_limits<float>::quiet_NaN()), p = a;
-        mlkv::cpu::attention(flat.layer_view(l), Hq, q.data(), a.data(), {B, ctx.data(), offs.data()}, scale, opt);
-        mlkv::cpu::attention(batch.layer_view(l), Hq, q.data(), p.data(), {B, ctx.data(), offs.data()}, scale, opt);
-        REQUIRE(a == p);
-        // And one decode row per sequence over the same pages.
-        std::vector<float> da(static_cast<std::size_t>(B) * Hq * D), dp = da;
-        mlkv::cpu::decode(flat.layer_view(l), Hq, q.data(), da.data(), B, ctx.data(), scale, opt);
-        mlkv::cpu::decode(batch.layer_view(l), Hq, q.data(), dp.data(), B, ctx.data(), scale, opt);
-        REQUIRE(da == dp);
+      // KV heads walked together by a decode task: the automatic choice (all of them over short
+      // page runs, one over the contiguous cache), one, and 3 (a last task with fewer): the
+      // walk order must not change a bit. The contiguous cache with one head is the reference.
+      const mlkv::cpu::attention_options one_head = [&] {
+        auto o = opt;
+        o.kv_heads_per_task = 1;
+        return o;
+      }();
+      for (const int kv_per_task : {0, 1, 3}) {
+        INFO("split " << split << ", kv_heads_per_task " << kv_per_task);
+        auto walk = opt;
+        walk.kv_heads_per_task = kv_per_task;
+        // Under emulation and the sanitizers: the first and the last layer only.
+        for (int l = 0; l < S.layers; l += reduced() ? std::max(1, S.layers - 1) : 1) {
+          std::vector<float> a(q.size(), std::numeric_limits<float>::quiet_NaN()), p = a, f = a;
+          mlkv::cpu::attention(flat.layer_view(l), Hq, q.data(), a.data(), {B, ctx.data(), offs.data()}, scale, one_head);
+          mlkv::cpu::attention(batch.layer_view(l), Hq, q.data(), p.data(), {B, ctx.data(), offs.data()}, scale, walk);
+          mlkv::cpu::attention(flat.layer_view(l), Hq, q.data(), f.data(), {B, ctx.data(), offs.data()}, scale, walk);
+          REQUIRE(a == p);
+          REQUIRE(a == f);
+          // And one decode row per sequence over the same pages.
+          std::vector<float> da(static_cast<std::size_t>(B) * Hq * D), dp = da, df = da;
+          mlkv::cpu::decode(flat.layer_view(l), Hq, q.data(), da.data(), B, ctx.data(), scale, one_head);
+          mlkv::cpu::decode(batch.layer_view(l), Hq, q.data(), dp.data(), B, ctx.data(), scale, walk);
+          mlkv::cpu::decode(flat.layer_view(l), Hq, q.data(), df.data(), B, ctx.data(), scale, walk);
+          REQUIRE(da == dp);
+          REQUIRE(da == df);
+        }
       }
     }
   }

@@ -56,7 +56,8 @@ class kv_cache {
     return detail::checked_mul(elements(batch, capacity), sizeof(T), "cache size");
   }
 
-  /// A cache that owns its (zeroed, 64-byte aligned) memory.
+  /// A cache that owns its (zeroed, 64-byte aligned; past 2 MiB, on transparent huge pages where
+  /// the system grants them: see detail::cache_memory) memory.
   kv_cache(int batch, int capacity)
       : batch_(batch), capacity_(capacity), owned_(elements(batch, capacity)), lengths_(static_cast<std::size_t>(batch), 0) {
     data_ = owned_.data();
@@ -232,7 +233,7 @@ class kv_cache {
 
   int batch_ = 0;
   int capacity_ = 0;
-  aligned_buffer<T> owned_;
+  detail::cache_memory<T> owned_;
   T* data_ = nullptr;
   std::vector<std::int32_t> lengths_;
 };

@@ -60,10 +60,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "../dtype.hpp"
 #include "../error.hpp"
 #include "../rope.hpp"
@@ -102,54 +98,6 @@ struct paged_usage {
   std::size_t table_bytes = 0;   ///< block-table entries of live sequences * 4 (what a kernel reads)
 };
 
-namespace detail {
-/// The zeroed host memory a paged cache owns. A pool is large, long-lived and read in page-sized
-/// pieces scattered over all of it, so beyond 2 MiB it is 2 MiB aligned and, on Linux, asks for
-/// transparent huge pages before its first touch: with 4 KiB pages nearly every page of K/V
-/// walked costs a TLB miss (measured on a Xeon, 32:8 d128 bf16 decode over pages of 16: the
-/// paged overhead over the contiguous cache fell from 9% to 6% with both on huge pages). Where
-/// the kernel declines, it is ordinary memory.
-template <class T>
-class page_memory {
- public:
-  page_memory() = default;
-  explicit page_memory(std::size_t n) {
-    if (n == 0) return;
-    bytes_ = detail::checked_mul(n, sizeof(T), "paged cache size");
-    align_ = bytes_ >= huge_page ? huge_page : buffer_alignment;
-    data_ = static_cast<T*>(::operator new(bytes_, std::align_val_t{align_}));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align_ == huge_page) (void)::madvise(static_cast<void*>(data_), bytes_ / huge_page * huge_page, MADV_HUGEPAGE);
-#endif
-    std::memset(static_cast<void*>(data_), 0, bytes_);  // all-zero bits: +0 in every storage type
-  }
-  page_memory(const page_memory&) = delete;
-  page_memory& operator=(const page_memory&) = delete;
-  page_memory(page_memory&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)), align_(o.align_) {}
-  page_memory& operator=(page_memory&& o) noexcept {
-    if (this != &o) {
-      release();
-      data_ = std::exchange(o.data_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-      align_ = o.align_;
-    }
-    return *this;
-  }
-  ~page_memory() { release(); }
-  T* data() const { return data_; }
-
- private:
-  static constexpr std::size_t huge_page = std::size_t{2} << 20;
-  void release() {
-    if (data_ != nullptr) ::operator delete(static_cast<void*>(data_), std::align_val_t{align_});
-    data_ = nullptr;
-  }
-  T* data_ = nullptr;
-  std::size_t bytes_ = 0;
-  std::size_t align_ = buffer_alignment;
-};
-}  // namespace detail
 
 /// Paged KV cache of geometry `S`, storage type `T` and `PageTokens` tokens per page.
 template <model_shape S, class T, int PageTokens>
@@ -699,7 +647,7 @@ class paged_kv_cache {
     }
   }
 
-  detail::page_memory<T> owned_;
+  detail::cache_memory<T> owned_;
   T* data_ = nullptr;
   int pages_ = 0;
   memory_kind kind_ = memory_kind::host;

@@ -237,7 +237,10 @@ class cpu_model {
       if (opt_.keys == key_rope::rotate_on_read && L.owner) {
         cpu::reference_attention(view, Hq, q_.data(), att_.data(), ab, scale, &rope_);
       } else {
-        cpu::attention(view, Hq, q_.data(), att_.data(), ab, scale, cpu::attention_options{.isa = opt_.isa, .exec = opt_.exec});
+        // Between two reads of a slot the step streams at least a layer's weights through the
+        // caches, so the K/V always comes from DRAM: prefetch whatever the call's size.
+        cpu::attention(view, Hq, q_.data(), att_.data(), ab, scale,
+                       cpu::attention_options{.isa = opt_.isa, .exec = opt_.exec, .prefetch_min_bytes = 0});
       }
       cpu::linear(att_.data(), R, q_dim, L.dense.data.data(), H, L.dense_bias.data(), proj_.data(), opt_.exec);
 

@@ -3,10 +3,11 @@
 /// What one parallel task of the CPU attention does, in terms every ISA path shares: the task
 /// and call descriptors, the per-thread scratch, and the walk over a slot view's runs.
 ///
-/// A task is one KV head of one sequence, a set of query rows (consecutive, so consecutive
-/// positions) and a set of the query heads that read that KV head, over a range of cached
-/// tokens. Its "queries" are the rows x heads vectors; each K/V row of the range is loaded once
-/// and used for all of them (MLKV/GQA sharing turned into arithmetic intensity).
+/// A task is one KV head (or a few consecutive ones) of one sequence, a set of query rows
+/// (consecutive, so consecutive positions) and a set of the query heads that read that KV head,
+/// over a range of cached tokens. Its "queries" are the KV heads x rows x heads vectors; each K/V
+/// row of the range is loaded once and used for all the queries of its KV head (MLKV/GQA
+/// sharing turned into arithmetic intensity).
 
 #include <algorithm>
 #include <cstddef>
@@ -37,7 +38,8 @@ struct call_desc {
 /// One task (see the file comment).
 struct task_desc {
   int seq = 0;     ///< sequence
-  int kvh = 0;     ///< KV head
+  int kvh = 0;     ///< (first) KV head
+  int kv_count = 1;  ///< KV heads kvh..kvh+kv_count-1, walked tile by tile (see attend)
   int head0 = 0;   ///< first query head of the group handled (0..group-1)
   int heads = 0;   ///< query heads handled
   int row0 = 0;    ///< first query row (global row index into q/out)
