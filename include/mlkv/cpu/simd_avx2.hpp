@@ -48,43 +48,43 @@ struct ops {
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
-  static void prefetch(const char* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*p)); }
-  static vf zero() { return _mm256_setzero_ps(); }
-  static vf set1(float x) { return _mm256_set1_ps(x); }
-  static vf load(const float* p) { return _mm256_load_ps(p); }
-  static void store(float* p, vf x) { _mm256_store_ps(p, x); }
-  static vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
-  static vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-  static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-  static vf max(vf a, vf b) { return _mm256_max_ps(a, b); }
-  static vf fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-  static float hmax(vf x) {
+  static MLKV_SIMD_INLINE void prefetch(const char* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*p)); }
+  static MLKV_SIMD_INLINE vf zero() { return _mm256_setzero_ps(); }
+  static MLKV_SIMD_INLINE vf set1(float x) { return _mm256_set1_ps(x); }
+  static MLKV_SIMD_INLINE vf load(const float* p) { return _mm256_load_ps(p); }
+  static MLKV_SIMD_INLINE void store(float* p, vf x) { _mm256_store_ps(p, x); }
+  static MLKV_SIMD_INLINE vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
+  static MLKV_SIMD_INLINE vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+  static MLKV_SIMD_INLINE vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+  static MLKV_SIMD_INLINE vf max(vf a, vf b) { return _mm256_max_ps(a, b); }
+  static MLKV_SIMD_INLINE vf fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+  static MLKV_SIMD_INLINE float hmax(vf x) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
     return _mm_cvtss_f32(m);
   }
-  static vi bits(vf x) { return _mm256_castps_si256(x); }
-  static vf floats(vi x) { return _mm256_castsi256_ps(x); }
-  static vi load_bits(const float* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void store_bits(float* p, vi x) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), x); }
-  static vi broadcast_bits(const float* p) {
+  static MLKV_SIMD_INLINE vi bits(vf x) { return _mm256_castps_si256(x); }
+  static MLKV_SIMD_INLINE vf floats(vi x) { return _mm256_castsi256_ps(x); }
+  static MLKV_SIMD_INLINE vi load_bits(const float* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+  static MLKV_SIMD_INLINE void store_bits(float* p, vi x) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), x); }
+  static MLKV_SIMD_INLINE vi broadcast_bits(const float* p) {
     std::int32_t u;
     std::memcpy(&u, p, sizeof u);
     return _mm256_set1_epi32(u);
   }
-  static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
+  static MLKV_SIMD_INLINE vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
 
   /// All-ones in lanes 0..n-1.
-  static vi first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
-  static bool any_greater(vf x, float y) {
+  static MLKV_SIMD_INLINE vi first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static MLKV_SIMD_INLINE bool any_greater(vf x, float y) {
     return _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(y), _CMP_GT_OQ)) != 0;
   }
-  static vf keep_first(vf x, int n, vf fill) { return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(first(n))); }
+  static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(first(n))); }
 
   /// 2^x for x <= 0, about 1 ulp (see simd_avx512.hpp); 2^n built in the exponent field, so x
   /// is clamped at -126 (weights below 2^-126 of the maximum are negligible).
-  static vf exp2(vf x) {
+  static MLKV_SIMD_INLINE vf exp2(vf x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-126.f));
     const vf n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vf r = _mm256_sub_ps(x, n);
@@ -101,7 +101,7 @@ struct ops {
 
   /// n (1..8) values of storage type T as f32; lanes n.. are zero.
   template <class T>
-  static vf load_f32(const T* p, int n) {
+  static MLKV_SIMD_INLINE vf load_f32(const T* p, int n) {
     if (n < 8) {  // head dims are multiples of 8, so only a defensive path
       alignas(32) T tmp[8] = {};
       std::memcpy(tmp, p, sizeof(T) * static_cast<std::size_t>(std::max(n, 0)));
@@ -122,7 +122,7 @@ struct ops {
   /// nd (8 or 16: head dims are multiples of 8) values of a V row as two f32 vectors: the
   /// halves of the chunk, or for bf16 its even and odd dims; lanes past nd are zero.
   template <class T>
-  static void load_v(const T* p, int nd, vf& a, vf& b) {
+  static MLKV_SIMD_INLINE void load_v(const T* p, int nd, vf& a, vf& b) {
     if constexpr (std::is_same_v<T, bf16>) {
       split_bf16(load_pairs(p, nd / 2), a, b);
     } else {
@@ -132,15 +132,15 @@ struct ops {
   }
   /// n (1..8) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero (masked: no read past n).
   template <class T>
-  static vi load_pairs(const T* p, int n) {
+  static MLKV_SIMD_INLINE vi load_pairs(const T* p, int n) {
     if (n >= 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), first(n));
   }
-  static void split_bf16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_bf16(vi x, vf& even, vf& odd) {
     even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
     odd = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
   }
-  static void split_f16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_f16(vi x, vf& even, vf& odd) {
     // Gather the low (even) and high (odd) halves of each 32-bit pair, then convert.
     const vi lo = _mm256_shuffle_epi8(x, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1,
                                                           4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
@@ -150,7 +150,7 @@ struct ops {
   }
 
   /// In-place transpose of 8 x 8 32-bit elements (24 shuffles).
-  static void transpose(vi (&r)[8]) {
+  static MLKV_SIMD_INLINE void transpose(vi (&r)[8]) {
     vf t[8], u[8];
     MLKV_UNROLL
     for (int i = 0; i < 4; ++i) {

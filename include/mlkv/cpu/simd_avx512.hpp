@@ -54,39 +54,39 @@ struct ops {
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
-  static void prefetch(const char* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*p)); }
-  static vf zero() { return _mm512_setzero_ps(); }
-  static vf set1(float x) { return _mm512_set1_ps(x); }
-  static vf load(const float* p) { return _mm512_load_ps(p); }
-  static void store(float* p, vf x) { _mm512_store_ps(p, x); }
-  static vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
-  static vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-  static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-  static vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
-  static vf fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-  static float hmax(vf x) { return _mm512_reduce_max_ps(x); }
-  static vi bits(vf x) { return _mm512_castps_si512(x); }
-  static vf floats(vi x) { return _mm512_castsi512_ps(x); }
-  static vi load_bits(const float* p) { return _mm512_load_si512(p); }
-  static void store_bits(float* p, vi x) { _mm512_store_si512(p, x); }
-  static vi broadcast_bits(const float* p) {
+  static MLKV_SIMD_INLINE void prefetch(const char* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*p)); }
+  static MLKV_SIMD_INLINE vf zero() { return _mm512_setzero_ps(); }
+  static MLKV_SIMD_INLINE vf set1(float x) { return _mm512_set1_ps(x); }
+  static MLKV_SIMD_INLINE vf load(const float* p) { return _mm512_load_ps(p); }
+  static MLKV_SIMD_INLINE void store(float* p, vf x) { _mm512_store_ps(p, x); }
+  static MLKV_SIMD_INLINE vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
+  static MLKV_SIMD_INLINE vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+  static MLKV_SIMD_INLINE vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+  static MLKV_SIMD_INLINE vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
+  static MLKV_SIMD_INLINE vf fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+  static MLKV_SIMD_INLINE float hmax(vf x) { return _mm512_reduce_max_ps(x); }
+  static MLKV_SIMD_INLINE vi bits(vf x) { return _mm512_castps_si512(x); }
+  static MLKV_SIMD_INLINE vf floats(vi x) { return _mm512_castsi512_ps(x); }
+  static MLKV_SIMD_INLINE vi load_bits(const float* p) { return _mm512_load_si512(p); }
+  static MLKV_SIMD_INLINE void store_bits(float* p, vi x) { _mm512_store_si512(p, x); }
+  static MLKV_SIMD_INLINE vi broadcast_bits(const float* p) {
     std::int32_t u;
     std::memcpy(&u, p, sizeof u);
     return _mm512_set1_epi32(u);
   }
-  static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used here: bf16_dot is false
+  static MLKV_SIMD_INLINE vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used here: bf16_dot is false
 
-  static __mmask16 first(int n) {
+  static MLKV_SIMD_INLINE __mmask16 first(int n) {
     return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
   }
   /// True when some lane of x is greater than y.
-  static bool any_greater(vf x, float y) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(y), _CMP_GT_OQ) != 0; }
+  static MLKV_SIMD_INLINE bool any_greater(vf x, float y) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(y), _CMP_GT_OQ) != 0; }
   /// Lanes 0..n-1 of x, the rest from fill.
-  static vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
+  static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
 
   /// 2^x for x <= 0 (scores minus their running max); about 1 ulp. x = n + r, |r| <= 1/2,
   /// 2^r by its Taylor polynomial of degree 6 (error < 1.3e-7), then VSCALEFPS multiplies by 2^n.
-  static vf exp2(vf x) {
+  static MLKV_SIMD_INLINE vf exp2(vf x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
     const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vf r = _mm512_sub_ps(x, n);
@@ -103,7 +103,7 @@ struct ops {
   /// n (1..16) values of storage type T as f32; lanes n.. are zero. Masked loads never touch
   /// memory past the row.
   template <class T>
-  static vf load_f32(const T* p, int n) {
+  static MLKV_SIMD_INLINE vf load_f32(const T* p, int n) {
     if constexpr (std::is_same_v<T, float>) {
       return _mm512_maskz_loadu_ps(first(n), p);
     } else if constexpr (std::is_same_v<T, bf16>) {
@@ -119,7 +119,7 @@ struct ops {
   /// nd (1..32) values of a V row as two f32 vectors: the halves of the chunk, or for bf16 its
   /// even and odd dims (one load, two integer operations); lanes past nd are zero.
   template <class T>
-  static void load_v(const T* p, int nd, vf& a, vf& b) {
+  static MLKV_SIMD_INLINE void load_v(const T* p, int nd, vf& a, vf& b) {
     if constexpr (std::is_same_v<T, bf16>) {
       split_bf16(_mm512_maskz_loadu_epi32(first((nd + 1) / 2), p), a, b);
     } else if constexpr (std::is_same_v<T, float>) {
@@ -132,22 +132,22 @@ struct ops {
   }
   /// n (1..16) 32-bit (d, d+1) pairs of a 16-bit row; the rest zero.
   template <class T>
-  static vi load_pairs(const T* p, int n) {
+  static MLKV_SIMD_INLINE vi load_pairs(const T* p, int n) {
     return _mm512_maskz_loadu_epi32(first(n), p);
   }
   /// bf16 pairs -> (even dims, odd dims) as f32: bf16 is the upper half of an f32.
-  static void split_bf16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_bf16(vi x, vf& even, vf& odd) {
     even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
   }
   /// f16 pairs -> (even dims, odd dims) as f32 (exact).
-  static void split_f16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_f16(vi x, vf& even, vf& odd) {
     even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(x));
     odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(x, 16)));
   }
 
   /// In-place transpose of 16 x 16 32-bit elements: r[i][j] -> r[j][i] (64 shuffles).
-  static void transpose(vi (&r)[16]) {
+  static MLKV_SIMD_INLINE void transpose(vi (&r)[16]) {
     vi t[16], u[16];
     MLKV_UNROLL
     for (int i = 0; i < 8; ++i) {
@@ -194,7 +194,7 @@ namespace mlkv::cpu::detail::avx512_bf16 {
 struct ops : avx512::ops {
   static constexpr bool bf16_dot = true;
   /// acc + k[2i] * q[0] + k[2i+1] * q[1] per lane i (bf16 products, f32 sums).
-  static vf dot_bf16(vf acc, vi k, vi q) { return _mm512_dpbf16_ps(acc, (__m512bh)k, (__m512bh)q); }
+  static MLKV_SIMD_INLINE vf dot_bf16(vf acc, vi k, vi q) { return _mm512_dpbf16_ps(acc, (__m512bh)k, (__m512bh)q); }
 };
 
 #include "detail/kernel_body.inc"

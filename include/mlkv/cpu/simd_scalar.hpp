@@ -29,38 +29,38 @@ struct ops {
   static constexpr bool f16_pairs = false;
 
   /// A prefetch hint (the compiler may drop it: the portable path does not rely on it).
-  static void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
-  static vf zero() { return 0.f; }
-  static vf set1(float x) { return x; }
-  static vf load(const float* p) { return *p; }
-  static void store(float* p, vf x) { *p = x; }
-  static vf add(vf a, vf b) { return a + b; }
-  static vf sub(vf a, vf b) { return a - b; }
-  static vf mul(vf a, vf b) { return a * b; }
-  static vf max(vf a, vf b) { return std::max(a, b); }
-  static vf fma(vf a, vf b, vf c) { return std::fma(a, b, c); }
-  static float hmax(vf x) { return x; }
-  static vi bits(vf x) { return std::bit_cast<vi>(x); }
-  static vf floats(vi x) { return std::bit_cast<vf>(x); }
-  static vi load_bits(const float* p) {
+  static MLKV_SIMD_INLINE void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
+  static MLKV_SIMD_INLINE vf zero() { return 0.f; }
+  static MLKV_SIMD_INLINE vf set1(float x) { return x; }
+  static MLKV_SIMD_INLINE vf load(const float* p) { return *p; }
+  static MLKV_SIMD_INLINE void store(float* p, vf x) { *p = x; }
+  static MLKV_SIMD_INLINE vf add(vf a, vf b) { return a + b; }
+  static MLKV_SIMD_INLINE vf sub(vf a, vf b) { return a - b; }
+  static MLKV_SIMD_INLINE vf mul(vf a, vf b) { return a * b; }
+  static MLKV_SIMD_INLINE vf max(vf a, vf b) { return std::max(a, b); }
+  static MLKV_SIMD_INLINE vf fma(vf a, vf b, vf c) { return std::fma(a, b, c); }
+  static MLKV_SIMD_INLINE float hmax(vf x) { return x; }
+  static MLKV_SIMD_INLINE vi bits(vf x) { return std::bit_cast<vi>(x); }
+  static MLKV_SIMD_INLINE vf floats(vi x) { return std::bit_cast<vf>(x); }
+  static MLKV_SIMD_INLINE vi load_bits(const float* p) {
     vi u;
     std::memcpy(&u, p, sizeof u);
     return u;
   }
-  static void store_bits(float* p, vi x) { std::memcpy(p, &x, sizeof x); }
-  static vi broadcast_bits(const float* p) { return load_bits(p); }
-  static vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
+  static MLKV_SIMD_INLINE void store_bits(float* p, vi x) { std::memcpy(p, &x, sizeof x); }
+  static MLKV_SIMD_INLINE vi broadcast_bits(const float* p) { return load_bits(p); }
+  static MLKV_SIMD_INLINE vf dot_bf16(vf acc, vi, vi) { return acc; }  // never used: bf16_dot is false
 
-  static bool any_greater(vf x, float y) { return x > y; }
-  static vf keep_first(vf x, int n, vf fill) { return n >= 1 ? x : fill; }
-  static vf exp2(vf x) { return std::exp2(x); }
+  static MLKV_SIMD_INLINE bool any_greater(vf x, float y) { return x > y; }
+  static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return n >= 1 ? x : fill; }
+  static MLKV_SIMD_INLINE vf exp2(vf x) { return std::exp2(x); }
 
   template <class T>
-  static vf load_f32(const T* p, int) {
+  static MLKV_SIMD_INLINE vf load_f32(const T* p, int) {
     return to_float(*p);
   }
   template <class T>
-  static vi load_pairs(const T* p, int) {
+  static MLKV_SIMD_INLINE vi load_pairs(const T* p, int) {
     vi u;
     std::memcpy(&u, p, sizeof u);
     return u;
@@ -69,19 +69,19 @@ struct ops {
   template <class T>
   static constexpr bool v_pairs = false;
   template <class T>
-  static void load_v(const T* p, int nd, vf& a, vf& b) {
+  static MLKV_SIMD_INLINE void load_v(const T* p, int nd, vf& a, vf& b) {
     a = to_float(p[0]);
     b = nd > 1 ? to_float(p[1]) : 0.f;
   }
-  static void split_bf16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_bf16(vi x, vf& even, vf& odd) {
     even = bf16_bits_to_float(static_cast<std::uint16_t>(x & 0xffffu));
     odd = bf16_bits_to_float(static_cast<std::uint16_t>(x >> 16));
   }
-  static void split_f16(vi x, vf& even, vf& odd) {
+  static MLKV_SIMD_INLINE void split_f16(vi x, vf& even, vf& odd) {
     even = f16_bits_to_float(static_cast<std::uint16_t>(x & 0xffffu));
     odd = f16_bits_to_float(static_cast<std::uint16_t>(x >> 16));
   }
-  static void transpose(vi (&)[1]) {}
+  static MLKV_SIMD_INLINE void transpose(vi (&)[1]) {}
 };
 
 #include "detail/kernel_body.inc"
