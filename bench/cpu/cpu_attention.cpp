@@ -194,7 +194,7 @@ volatile float sink;
 /// pages understates the machine, and the kernels then read above "100%").
 double measure_read_gbps(mlkv::cpu::executor& pool, std::size_t bytes, int reps) {
   const std::size_t n = bytes / sizeof(float);
-  const mlkv::detail::cache_memory<float> mem(n);
+  mlkv::detail::cache_memory<float> mem(n);
   float* const buf = mem.data();
   const int T = pool.concurrency();
   // First touch by the reading threads, then read.
@@ -320,7 +320,7 @@ row run_row(mlkv::cpu::executor& pool, const options& o, const std::string& phas
   const std::size_t per_head = static_cast<std::size_t>(context) * D;
   const std::size_t values = static_cast<std::size_t>(batch) * Hkv * per_head;
   // The K/V of a row: the caches' own memory (2 MiB aligned, transparent huge pages).
-  const mlkv::detail::cache_memory<T> k(values), v(values);
+  mlkv::detail::cache_memory<T> k(values), v(values);
   fill(pool, k.data(), values, 1);
   fill(pool, v.data(), values, 2);
   mlkv::contiguous_slot_view<T> view;

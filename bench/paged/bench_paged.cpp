@@ -123,10 +123,11 @@ struct flusher {
   }
 };
 
-/// Measured read bandwidth (GB/s): a sum over 1 GiB, on `threads` threads, best of 5.
+/// Measured read bandwidth (GB/s): a sum over 1 GiB (on huge pages, as the caches), on `threads`
+/// threads, best of 5.
 double read_bandwidth(int threads) {
   const std::size_t n = (std::size_t{1} << 30) / sizeof(std::uint64_t);
-  std::unique_ptr<std::uint64_t[]> a(new std::uint64_t[n]);
+  mlkv::detail::cache_memory<std::uint64_t> a(n);  // huge pages, as the caches
   for (std::size_t i = 0; i < n; ++i) a[i] = i;
   double best = 1e30;
   std::vector<std::uint64_t> sums(static_cast<std::size_t>(threads));

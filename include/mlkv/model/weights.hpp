@@ -51,10 +51,11 @@
 
 namespace mlkv::model {
 
-/// A row-major matrix [rows, cols] of W in 64-byte aligned memory (nn.Linear: [out, in]).
+/// A row-major matrix [rows, cols] of W in 64-byte aligned memory (nn.Linear: [out, in]); past
+/// 2 MiB on transparent huge pages (detail::cache_memory): a decode step streams every matrix.
 template <class W>
 struct matrix {
-  aligned_buffer<W> data;
+  detail::cache_memory<W> data;
   int rows = 0;
   int cols = 0;
 
