@@ -2,11 +2,18 @@
 //
 //   mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context 2048]
 //                         [--mem-frac 0.8] [--out FILE.json]
+//                         [--gemm-algos N] [--show-gemms] [--legacy-kernels] [--serial-mlp]
+//                         [--old-ln] [--decode-splits N]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
 //       cache in pages of 64 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
 //       GPU's memory; the step's bandwidth floor from the device's read bandwidth measured in the
 //       same run by a read-only kernel (the one of bench/cuda/mlkv_cuda_bench.cu).
+//       Variants for timing old against new in one call (NOTES.md): --gemm-algos (the model's
+//       cuBLASLt algorithms timed per shape; 0: cublasGemmEx), --legacy-kernels (the split, append
+//       and activation kernels before v4), --serial-mlp (a decode step's MLP branch after the
+//       attention branch, not beside it), --old-ln (the LayerNorm kernel with run-time adds),
+//       --decode-splits (decode attention's split, forced).
 //   mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX
 //       Teacher-forced run for the fidelity script: FILE holds int32 tokens; the first N are the
 //       prompt (one prefill, every row's logits), each later token is fed by one decode step
@@ -36,7 +43,9 @@ using namespace mlkv;
   std::fprintf(stderr,
                "mlkv-cuda-model: %s\n"
                "usage: mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context N]\n"
-               "                             [--mem-frac F] [--out FILE.json]\n"
+               "                             [--mem-frac F] [--out FILE.json] [--steps N] [--no-bw]\n"
+               "                             [--gemm-algos N] [--show-gemms] [--legacy-kernels] [--serial-mlp]\n"
+               "                             [--old-ln] [--decode-splits N]\n"
                "       mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX\n",
                why.c_str());
   std::exit(2);
@@ -133,6 +142,8 @@ struct bench_options {
   std::string out = "cuda_model.json";
   int steps = 0;        ///< fixed timed steps (0: about 0.3 s worth)
   bool measure_bw = true;
+  int gemm_algos = -1;  ///< cuda_model_options::gemm_algos (-1: the default)
+  bool show_gemms = false;
 };
 
 struct row {
@@ -196,8 +207,9 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
   cuda::device_paged_cache<cache_t> dc(pages, s);
   cuda::model_detail::fill_random_kernel<bf16><<<4096, 256, 0, s>>>(dc.data(), dc.bytes() / 2, 7, 1.f);
   MLKV_CUDA_CHECK(cudaGetLastError());
-  cuda::cuda_model<bf16, bf16> m(w, {.max_batch = max_b, .max_rows = 1, .max_context = seq_tokens, .logits_chunk = chunk},
-                                 s);
+  cuda::cuda_model_options mo{.max_batch = max_b, .max_rows = 1, .max_context = seq_tokens, .logits_chunk = chunk};
+  if (o.gemm_algos >= 0) mo.gemm_algos = o.gemm_algos;
+  cuda::cuda_model<bf16, bf16> m(w, mo, s);
   const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%-8s largest batch %d (%.2f MB per sequence at %d tokens, %.0f KB scratch per row); setup %.1f s\n",
               name, bmax, static_cast<double>(seq_bytes) / 1e6, seq_tokens, static_cast<double>(per_row) / 1e3,
@@ -249,6 +261,11 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
                 name, B, r.step_us, r.tokens_per_s, r.floor_us, r.step_us / r.floor_us, r.floor_unique_us);
     std::fflush(stdout);
     for (const seq_id id : ids) cache.free(id);
+    if (o.show_gemms) {
+      for (const auto& [rows, in, out, cand, chosen, us] : m.gemm_choices()) {
+        if (rows == B) std::printf("    gemm %5d x %5d -> %5d: algorithm %d of %d, %.2f us\n", rows, in, out, chosen, cand, us);
+      }
+    }
   }
 }
 
@@ -267,6 +284,12 @@ int bench_main(int argc, char** argv) {
     else if (a == "--out") o.out = next();
     else if (a == "--steps") o.steps = std::atoi(next().c_str());
     else if (a == "--no-bw") o.measure_bw = false;
+    else if (a == "--gemm-algos") o.gemm_algos = std::atoi(next().c_str());
+    else if (a == "--show-gemms") o.show_gemms = true;
+    else if (a == "--legacy-kernels") cuda::model_detail::legacy_kernels.fetch_or(1);
+    else if (a == "--serial-mlp") cuda::model_detail::legacy_kernels.fetch_or(2);
+    else if (a == "--old-ln") cuda::model_detail::legacy_kernels.fetch_or(4);
+    else if (a == "--decode-splits") cuda::detail::decode_force_splits.store(std::atoi(next().c_str()));
     else usage("unknown argument " + a);
   }
   if (o.context < 2 || o.context > 1 << 20) usage("--context must be in [2, 1048576]");

@@ -26,9 +26,12 @@ using namespace mlkv_cuda_model_test;
 // Bounds relative to the largest |logit| of the reference. f32 weights with an f16 cache: the
 // cached K/V, the queries and the attention output pass through f16 (2^-11 relative); observed
 // errors are a few 1e-4. bf16: weights and every linear layer's input are rounded to bf16 (2^-9)
-// as well. A wrong mask, position, slot or residual moves logits by their whole scale.
+// as well; the worst prefill error over a scenario was 0.017-0.027 at seeds 1-12 and 0.042 at
+// seed 15508161514865608366 (H100, the same with the model code before and after the v4
+// changes: bf16 rounding, not a defect), so the bound is 6e-2. A wrong mask, position, slot or
+// residual moves logits by their whole scale.
 constexpr double f32_bound = 3e-3;
-constexpr double bf16_bound = 4e-2;
+constexpr double bf16_bound = 6e-2;
 
 template <std::size_t I>
 constexpr mlkv::model_shape geometry = gpu_geometries[I].shape;

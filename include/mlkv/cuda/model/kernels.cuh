@@ -13,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -23,6 +24,13 @@
 #include "../common.cuh"
 
 namespace mlkv::cuda::model_detail {
+
+/// Benchmarking knob (bench/cuda_model only), to time old against new in one process: bit 0 runs
+/// the kernels this model had before v4 (NOTES.md; separate Q/K/V split and append in decode
+/// steps, the flat bias + activation kernel), bit 1 runs a decode step's MLP branch after the
+/// attention branch on one stream instead of beside it, bit 2 the LayerNorm kernel with run-time
+/// adds (residual_ln_kernel) instead of residual_ln_fixed_kernel.
+inline std::atomic<int> legacy_kernels{0};
 
 /// Threads of the row kernels; a row of up to row_threads * max_row_per_thread values stays in
 /// registers.
@@ -154,6 +162,86 @@ __global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual
   }
 }
 
+/// residual_ln_kernel with the adds fixed at compile time (MODE 0: none; 1: add1 + bias1; 2: both
+/// adds and biases) and every load unconditional (indices clamped to the row, only the stores
+/// predicated), so a thread's loads are all in flight at once: a load under a run-time branch
+/// waits for the loads before it, one memory round trip per value. Same arithmetic.
+template <class A, int PER, int MODE>
+__global__ void __launch_bounds__(row_threads) residual_ln_fixed_kernel(const residual_ln_params<A> p) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  __shared__ float red[row_threads / 32];
+  const int row = blockIdx.x;
+  const int src = p.src != nullptr ? p.src[row] : row;
+  const int H = p.hidden;
+  float* xr = p.x + static_cast<std::size_t>(src) * H;
+  constexpr int NA = MODE >= 1 ? PER : 1, NB = MODE == 2 ? PER : 1;
+  float v[PER], a1[NA], c1[NA], a2[NB], c2[NB];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i0 = threadIdx.x + j * row_threads;
+    const int i = i0 < H ? i0 : H - 1;
+    v[j] = xr[i];
+    if constexpr (MODE >= 1) {
+      a1[j] = p.add1[static_cast<std::size_t>(src) * H + i];
+      c1[j] = p.bias1[i];
+    }
+    if constexpr (MODE == 2) {
+      a2[j] = p.add2[static_cast<std::size_t>(src) * H + i];
+      c2[j] = p.bias2[i];
+    }
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if constexpr (MODE == 1) v[j] = (a1[j] + c1[j]) + v[j];
+    if constexpr (MODE == 2) v[j] = ((a2[j] + c2[j]) + (a1[j] + c1[j])) + v[j];
+    if (i < H) {
+      if constexpr (MODE >= 1) xr[i] = v[j];
+      sum += v[j];
+    }
+  }
+  const float mean = block_sum(sum, red) / static_cast<float>(H);
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if (i < H) sq += (v[j] - mean) * (v[j] - mean);
+  }
+  float w[PER], b[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i0 = threadIdx.x + j * row_threads;
+    const int i = i0 < H ? i0 : H - 1;
+    w[j] = p.w1[i];
+    b[j] = p.b1[i];
+  }
+  const float var = block_sum(sq, red) / static_cast<float>(H);
+  const float inv = rsqrtf(var + p.eps);
+  A* o1 = p.out1 + static_cast<std::size_t>(row) * H;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if (i < H) store_act(o1 + i, (v[j] - mean) * inv * w[j] + b[j]);
+  }
+  if (p.out2 != nullptr) {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i0 = threadIdx.x + j * row_threads;
+      const int i = i0 < H ? i0 : H - 1;
+      w[j] = p.w2[i];
+      b[j] = p.b2[i];
+    }
+    A* o2 = p.out2 + static_cast<std::size_t>(row) * H;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i = threadIdx.x + j * row_threads;
+      if (i < H) store_act(o2 + i, (v[j] - mean) * inv * w[j] + b[j]);
+    }
+  }
+}
+
 /// The rotary table by value (as append.cuh's).
 struct rope_table {
   int rotary_dims = 0;
@@ -204,6 +292,63 @@ __global__ void __launch_bounds__(row_threads) qkv_split_kernel(const float* __r
   }
 }
 
+/// The decode form of qkv_split_kernel on an owner layer, with append_kv fused in: q as there; K
+/// (rotated as append_kv rotates it: the same f32 sums and rounding) and V rounded to T straight
+/// into the owner slot at position context[r] - 1 of sequence r (row r is sequence r's new token),
+/// so no f32 K/V rows and no append kernel. A sequence whose context is outside [1, capacity]
+/// writes nothing to the cache, as append_kv.
+/// qkv: [rows, qkv_ld] (q_dim + 2 kv_heads head_dim used); q: [rows, q_dim]
+template <class T, class View>
+__global__ void __launch_bounds__(row_threads) qkv_split_append_kernel(const float* __restrict__ qkv, int qkv_ld,
+                                                                       const float* __restrict__ bias, int q_dim,
+                                                                       int head_dim,
+                                                                       const std::int32_t* __restrict__ context,
+                                                                       const rope_table rope, T* __restrict__ q,
+                                                                       const View kv) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const int r = blockIdx.x;
+  const float* row = qkv + static_cast<std::size_t>(r) * qkv_ld;
+  const int ctx = context[r];
+  const int cap = mlkv::cuda::detail::device_capacity(kv, r);
+  const int p = ctx - 1;
+  const int half = rope.rotary_dims / 2;
+  // Element e of a head (d: its index there) of src + b at position p, rotated. Both loads are
+  // unconditional (the partner is e itself outside the rotary dims): loads under a branch are
+  // serialised with their uses, a memory round trip each.
+  auto rotate = [&](const float* __restrict__ src, const float* __restrict__ b, int e, int d) {
+    const int pe = d < half ? e + half : (d < 2 * half ? e - half : e);
+    float x = src[e] + b[e];
+    const float y = src[pe] + b[pe];
+    if (d < 2 * half) {
+      // rope.hpp's arithmetic: products and sums rounded separately.
+      const float angle = __fmul_rn(static_cast<float>(p), rope.inv_freq[d < half ? d : d - half]);
+      float sn, cs;
+      sincosf(angle, &sn, &cs);
+      x = d < half ? __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn)) : __fadd_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
+    }
+    return x;
+  };
+  std::uint16_t* qo = reinterpret_cast<std::uint16_t*>(q) + static_cast<std::size_t>(r) * q_dim;
+#pragma unroll 4
+  for (int e = threadIdx.x; e < q_dim; e += blockDim.x) qo[e] = mlkv::cuda::detail::to_bits<T>(rotate(row, bias, e, e % head_dim));
+  if (ctx < 1 || ctx > cap) return;
+  const int kv_dim = kv.kv_heads * head_dim;
+  // The view hands out const rows because attention only reads; this layer owns the slot.
+  std::uint16_t* const kd = reinterpret_cast<std::uint16_t*>(const_cast<T*>(mlkv::cuda::detail::kbase(kv)));
+  std::uint16_t* const vd = reinterpret_cast<std::uint16_t*>(const_cast<T*>(mlkv::cuda::detail::vbase(kv)));
+  const float* krow = row + q_dim;
+  const float* kb = bias + q_dim;
+  for (int e = threadIdx.x; e < kv_dim; e += blockDim.x) {
+    const int h = e / head_dim;
+    const int d = e - h * head_dim;
+    const float vv = krow[kv_dim + e] + kb[kv_dim + e];
+    const std::size_t off = kv.offset(r, h, p) + static_cast<std::size_t>(d);
+    kd[off] = mlkv::cuda::detail::to_bits<T>(rotate(krow, kb, e, d));
+    vd[off] = mlkv::cuda::detail::to_bits<T>(vv);
+  }
+}
+
 __device__ __forceinline__ float activate(io::activation a, float x) {
   switch (a) {
     case io::activation::gelu_tanh: {
@@ -227,6 +372,35 @@ __global__ void bias_act_kernel(const float* __restrict__ in, const float* __res
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int c = static_cast<int>(i % static_cast<std::size_t>(n));
     store_act(out + i, activate(act, in[i] + bias[c]));
+  }
+}
+
+/// out[r, c] = act(in[r, c] + bias[c]) for rows x n values, n a multiple of 4 and every row
+/// 16-byte aligned: four values per thread (16-byte loads), grid (columns / 1024, rows up to
+/// 65535, striding over the rest); no index division (the flat kernel's 64-bit modulo).
+template <class A>
+__global__ void __launch_bounds__(256) bias_act4_kernel(const float* __restrict__ in, const float* __restrict__ bias,
+                                                        int rows, int n, io::activation act, A* __restrict__ out) {
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const int c = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+  if (c >= n) return;
+  const float4 b = *reinterpret_cast<const float4*>(bias + c);
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const std::size_t o = static_cast<std::size_t>(r) * static_cast<std::size_t>(n) + static_cast<std::size_t>(c);
+    const float4 v = *reinterpret_cast<const float4*>(in + o);
+    const float y0 = activate(act, v.x + b.x), y1 = activate(act, v.y + b.y);
+    const float y2 = activate(act, v.z + b.z), y3 = activate(act, v.w + b.w);
+    if constexpr (std::is_same_v<A, float>) {
+      *reinterpret_cast<float4*>(out + o) = make_float4(y0, y1, y2, y3);
+    } else {
+      uint2 u;
+      u.x = static_cast<std::uint32_t>(mlkv::cuda::detail::to_bits<A>(y0)) |
+            static_cast<std::uint32_t>(mlkv::cuda::detail::to_bits<A>(y1)) << 16;
+      u.y = static_cast<std::uint32_t>(mlkv::cuda::detail::to_bits<A>(y2)) |
+            static_cast<std::uint32_t>(mlkv::cuda::detail::to_bits<A>(y3)) << 16;
+      *reinterpret_cast<uint2*>(out + o) = u;
+    }
   }
 }
 
