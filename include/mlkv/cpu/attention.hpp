@@ -153,16 +153,12 @@ struct merge_unit {
 /// nothing (m_s = -inf) weighs exactly 0; no chunk seeing anything gives zeros, not NaN.
 inline void merge_chunks(const merge_unit& u, const call_desc& c) {
   const task_desc& w = u.where;
-  const int D = c.head_dim, H = w.heads, Q1 = w.rows * H, Q = Q1 * w.kv_count;
+  const int D = c.head_dim, Q = task_queries(w);
   const std::size_t stride = partial_floats(Q, D);
   for (int j = 0; j < Q; ++j) {
     float M = -std::numeric_limits<float>::infinity();
     for (int s = 0; s < u.chunks; ++s) M = std::max(M, u.partials[s * stride + static_cast<std::size_t>(Q) * D + j]);
-    const int hk = j / Q1, r = j % Q1 / H, h = j % Q1 % H;
-    float* dst = c.out + (static_cast<std::size_t>(w.row0 + r) * static_cast<std::size_t>(c.q_heads) +
-                          static_cast<std::size_t>(w.kvh + hk) * static_cast<std::size_t>(c.group) +
-                          static_cast<std::size_t>(w.head0 + h)) *
-                             static_cast<std::size_t>(D);
+    float* dst = c.out + query_offset(w, c, j);
     for (int d = 0; d < D; ++d) dst[d] = 0.f;
     if (M == -std::numeric_limits<float>::infinity()) continue;
     float L = 0.f;
@@ -315,14 +311,14 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
       cut.push_back(t);
       pl.unit_of.push_back(u);
     }
-    partial_total += static_cast<std::size_t>(chunks) * partial_floats(blk.rows * blk.heads * blk.kv_count, D);
+    partial_total += static_cast<std::size_t>(chunks) * partial_floats(task_queries(blk), D);
   }
   if (pl.partials.size() < partial_total) pl.partials = aligned_buffer<float>(partial_total + partial_total / 4);
   {
     std::size_t off = 0;
     for (merge_unit& u : pl.units) {
       u.partials = pl.partials.data() + off;
-      off += static_cast<std::size_t>(u.chunks) * partial_floats(u.where.rows * u.where.heads * u.where.kv_count, D);
+      off += static_cast<std::size_t>(u.chunks) * partial_floats(task_queries(u.where), D);
     }
   }
   pl.next_chunk.assign(pl.units.size(), 0);
@@ -331,14 +327,14 @@ void attention(const View& kv, int q_heads, const float* q, float* out, const at
     if (u < 0) continue;
     const merge_unit& mu = pl.units[static_cast<std::size_t>(u)];
     cut[i].partial = mu.partials + static_cast<std::size_t>(pl.next_chunk[static_cast<std::size_t>(u)]++) *
-                                       partial_floats(mu.where.rows * mu.where.heads * mu.where.kv_count, D);
+                                       partial_floats(task_queries(mu.where), D);
   }
   // Biggest tasks first (causal prefill blocks differ in length; decode contexts may too).
   std::vector<int>& order = pl.order;
   order.resize(cut.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
   std::sort(order.begin(), order.end(), [&](int a, int b) {  // ties in index order: deterministic
-    const auto work = [&](const task_desc& t) { return static_cast<long long>(t.t1 - t.t0) * t.rows * t.heads * t.kv_count; };
+    const auto work = [&](const task_desc& t) { return static_cast<long long>(t.t1 - t.t0) * task_queries(t); };
     const long long wa = work(cut[static_cast<std::size_t>(a)]), wb = work(cut[static_cast<std::size_t>(b)]);
     return wa != wb ? wa > wb : a < b;
   });

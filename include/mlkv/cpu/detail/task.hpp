@@ -56,6 +56,18 @@ struct task_desc {
   float* partial = nullptr;  ///< nullptr: write out; else [Q][D] unnormalised O, [Q] max, [Q] sum
 };
 
+/// Queries of a task: KV heads x rows x heads, in that order.
+inline int task_queries(const task_desc& t) { return t.kv_count * t.rows * t.heads; }
+
+/// Offset (in floats) of task query j's vector in the call's q and out: query j is KV head
+/// t.kvh + j / (rows * heads), row (j % (rows * heads)) / heads, head j % heads of the group.
+inline std::size_t query_offset(const task_desc& t, const call_desc& c, int j) {
+  const int per_kv = t.rows * t.heads, hk = j / per_kv, r = j % per_kv / t.heads, h = j % t.heads;
+  return (static_cast<std::size_t>(t.row0 + r) * static_cast<std::size_t>(c.q_heads) +
+          static_cast<std::size_t>(t.kvh + hk) * static_cast<std::size_t>(c.group) + static_cast<std::size_t>(t.head0 + h)) *
+         static_cast<std::size_t>(c.head_dim);
+}
+
 /// Floats a partial result of `queries` queries takes.
 inline std::size_t partial_floats(int queries, int head_dim) {
   return static_cast<std::size_t>(queries) * (static_cast<std::size_t>(head_dim) + 2);
