@@ -2,18 +2,17 @@
 //
 //   mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context 2048]
 //                         [--mem-frac 0.8] [--out FILE.json]
-//                         [--gemm-algos N] [--show-gemms] [--legacy-kernels] [--serial-mlp]
-//                         [--old-ln] [--decode-splits N]
+//                         [--gemm-algos N] [--show-gemms] [--decode-splits N]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
 //       cache in pages of 64 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
 //       GPU's memory; the step's bandwidth floor from the device's read bandwidth measured in the
 //       same run by a read-only kernel (the one of bench/cuda/mlkv_cuda_bench.cu).
 //       Variants for timing old against new in one call (NOTES.md): --gemm-algos (the model's
-//       cuBLASLt algorithms timed per shape; 0: cublasGemmEx), --legacy-kernels (the split, append
-//       and activation kernels before v4), --serial-mlp (a decode step's MLP branch after the
-//       attention branch, not beside it), --old-ln (the LayerNorm kernel with run-time adds),
-//       --decode-splits (decode attention's split, forced).
+//       cuBLASLt algorithms timed per shape; 0: cublasGemmEx, which also runs a decode step's MLP
+//       branch after the attention branch), --decode-splits (decode attention's split, forced).
+//       (The v4 comparisons of NOTES.md also switched the pre-v4 kernels in; those paths were
+//       removed once v4 was kept.)
 //   mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX
 //       Teacher-forced run for the fidelity script: FILE holds int32 tokens; the first N are the
 //       prompt (one prefill, every row's logits), each later token is fed by one decode step
@@ -44,8 +43,7 @@ using namespace mlkv;
                "mlkv-cuda-model: %s\n"
                "usage: mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context N]\n"
                "                             [--mem-frac F] [--out FILE.json] [--steps N] [--no-bw]\n"
-               "                             [--gemm-algos N] [--show-gemms] [--legacy-kernels] [--serial-mlp]\n"
-               "                             [--old-ln] [--decode-splits N]\n"
+               "                             [--gemm-algos N] [--show-gemms] [--decode-splits N]\n"
                "       mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX\n",
                why.c_str());
   std::exit(2);
@@ -286,9 +284,6 @@ int bench_main(int argc, char** argv) {
     else if (a == "--no-bw") o.measure_bw = false;
     else if (a == "--gemm-algos") o.gemm_algos = std::atoi(next().c_str());
     else if (a == "--show-gemms") o.show_gemms = true;
-    else if (a == "--legacy-kernels") cuda::model_detail::legacy_kernels.fetch_or(1);
-    else if (a == "--serial-mlp") cuda::model_detail::legacy_kernels.fetch_or(2);
-    else if (a == "--old-ln") cuda::model_detail::legacy_kernels.fetch_or(4);
     else if (a == "--decode-splits") cuda::detail::decode_force_splits.store(std::atoi(next().c_str()));
     else usage("unknown argument " + a);
   }

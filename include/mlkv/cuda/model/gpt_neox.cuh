@@ -872,19 +872,13 @@ class cuda_model {
 
   /// The MLP of one layer for R rows: mo = W_out act(W_in h2 + b_in) (the output bias is added by
   /// the next LayerNorm); `side`: on the side stream (run_body's branch of a decode step).
-  void mlp(int R, const layer_ptrs& L, const A* h2, float* big2, A* mida, float* mo, bool legacy, bool tuned,
-           bool side) {
+  void mlp(int R, const layer_ptrs& L, const A* h2, float* big2, A* mida, float* mo, bool tuned, bool side) {
     cudaStream_t s = side ? side_ : stream_;
     gemm(h2, R, H_, L.mlp_in, I_, big2, tuned, side);
-    if (!legacy) {  // I_ is a multiple of 64: rows of 16-byte aligned float4s
-      const unsigned cols = static_cast<unsigned>((I_ / 4 + 255) / 256);
-      detail::launch_pdl(model_detail::bias_act4_kernel<A>, dim3(cols, static_cast<unsigned>(std::min(R, 65535))),
-                         dim3(256), 0, s, true, static_cast<const float*>(big2), L.in_b, R, I_, cfg_.act, mida);
-    } else {
-      const std::size_t n = static_cast<std::size_t>(R) * I_;
-      detail::launch_pdl(model_detail::bias_act_kernel<A>, dim3(model_detail::flat_blocks(n)), dim3(256), 0, s, true,
-                         static_cast<const float*>(big2), L.in_b, n, I_, cfg_.act, mida);
-    }
+    // I_ is a multiple of 64: rows of 16-byte aligned float4s.
+    const unsigned cols = static_cast<unsigned>((I_ / 4 + 255) / 256);
+    detail::launch_pdl(model_detail::bias_act4_kernel<A>, dim3(cols, static_cast<unsigned>(std::min(R, 65535))),
+                       dim3(256), 0, s, true, static_cast<const float*>(big2), L.in_b, R, I_, cfg_.act, mida);
     gemm(mida, R, I_, L.mlp_out, H_, mo, tuned, side);
   }
 
@@ -897,7 +891,7 @@ class cuda_model {
                      : a1 && p.add2 == nullptr              ? 1
                      : a1 && a2                             ? 2
                                                             : -1;
-    const bool fixed = mode >= 0 && (model_detail::legacy_kernels.load(std::memory_order_relaxed) & 4) == 0;
+    const bool fixed = mode >= 0;  // otherwise the kernel with run-time adds
     auto go = [&](auto k) {
       constexpr int PER = decltype(k)::value;
       const dim3 grid(static_cast<unsigned>(rows)), block(model_detail::row_threads);
@@ -942,12 +936,10 @@ class cuda_model {
     const bool parallel = cfg_.use_parallel_residual;
     const float eps = static_cast<float>(cfg_.layer_norm_eps);
     const float scale = 1.0f / std::sqrt(static_cast<float>(shape_.head_dim));
-    const int knob = model_detail::legacy_kernels.load(std::memory_order_relaxed);
-    const bool legacy = (knob & 1) != 0;
     // Decode with the parallel residual: the MLP branch (its input is the layer's second LayerNorm,
     // computed with the first) runs on the side stream while the attention branch runs here; the
     // next LayerNorm waits for both. The GEMMs' SMs and latency hide under the decode kernel's.
-    const bool branch = decode && parallel && opt_.gemm_algos > 0 && (knob & 2) == 0;
+    const bool branch = decode && parallel && opt_.gemm_algos > 0;
     detail::launch_pdl(model_detail::embed_kernel<W>, dim3(static_cast<unsigned>(R)), dim3(model_detail::row_threads), 0,
                stream_, true, tokens, embed_in_, H_, V_, x);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -968,12 +960,12 @@ class cuda_model {
       if (branch) {
         MLKV_CUDA_CHECK(cudaEventRecord(fork_, stream_));
         MLKV_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
-        mlp(R, L, h2, big2, mida, mo, legacy, true, true);
+        mlp(R, L, h2, big2, mida, mo, true, true);
         MLKV_CUDA_CHECK(cudaEventRecord(join_, side_));
       }
       gemm(h1, R, H_, L.qkv, L.qkv_rows, big, decode);
       const paged_slot_view<T> view = device_view(cache, L.slot, B);
-      if (decode && L.owner && !legacy) {
+      if (decode && L.owner) {
         // Decode, owner layer: the split writes K (rotated) and V into the cache itself.
         detail::launch_pdl(model_detail::qkv_split_append_kernel<T, paged_slot_view<T>>, dim3(static_cast<unsigned>(R)),
                            dim3(model_detail::row_threads), 0, stream_, true, static_cast<const float*>(big), L.qkv_rows,
@@ -1007,7 +999,7 @@ class cuda_model {
       if (branch) {
         MLKV_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
       } else {
-        mlp(R, L, h2, big2, mida, mo, legacy, decode, false);
+        mlp(R, L, h2, big2, mida, mo, decode, false);
       }
     }
     // The last layer's contributions, once: x is final from here (final_norm only reads it).

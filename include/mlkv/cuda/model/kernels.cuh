@@ -13,7 +13,6 @@
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -24,13 +23,6 @@
 #include "../common.cuh"
 
 namespace mlkv::cuda::model_detail {
-
-/// Benchmarking knob (bench/cuda_model only), to time old against new in one process: bit 0 runs
-/// the kernels this model had before v4 (NOTES.md; separate Q/K/V split and append in decode
-/// steps, the flat bias + activation kernel), bit 1 runs a decode step's MLP branch after the
-/// attention branch on one stream instead of beside it, bit 2 the LayerNorm kernel with run-time
-/// adds (residual_ln_kernel) instead of residual_ln_fixed_kernel.
-inline std::atomic<int> legacy_kernels{0};
 
 /// Threads of the row kernels; a row of up to row_threads * max_row_per_thread values stays in
 /// registers.
@@ -362,22 +354,9 @@ __device__ __forceinline__ float activate(io::activation a, float x) {
   }
 }
 
-/// out[r, i] = act(in[r, i] + bias[i]) for rows x n values.
-template <class A>
-__global__ void bias_act_kernel(const float* __restrict__ in, const float* __restrict__ bias, std::size_t total, int n,
-                                io::activation act, A* __restrict__ out) {
-  mlkv::cuda::detail::pdl_wait();
-  mlkv::cuda::detail::pdl_launch_dependents();
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const int c = static_cast<int>(i % static_cast<std::size_t>(n));
-    store_act(out + i, activate(act, in[i] + bias[c]));
-  }
-}
-
 /// out[r, c] = act(in[r, c] + bias[c]) for rows x n values, n a multiple of 4 and every row
 /// 16-byte aligned: four values per thread (16-byte loads), grid (columns / 1024, rows up to
-/// 65535, striding over the rest); no index division (the flat kernel's 64-bit modulo).
+/// 65535, striding over the rest); no index division.
 template <class A>
 __global__ void __launch_bounds__(256) bias_act4_kernel(const float* __restrict__ in, const float* __restrict__ bias,
                                                         int rows, int n, io::activation act, A* __restrict__ out) {
