@@ -56,6 +56,10 @@ struct ops {
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
   static MLKV_SIMD_INLINE void prefetch(const char* p) { __asm__ volatile("prefetcht1 %0" : : "m"(*p)); }
   static MLKV_SIMD_INLINE vf zero() { return _mm512_setzero_ps(); }
+  /// Keeps x in a register: an empty asm statement the compiler cannot see through, so that a
+  /// vector loaded once and used by several FMAs is not reloaded as each FMA's memory operand
+  /// (GCC 12 folds the load into every use: N loads per K^T vector in q.K^T).
+  static MLKV_SIMD_INLINE void pin(vf& x) { __asm__("" : "+v"(x)); }
   static MLKV_SIMD_INLINE vf set1(float x) { return _mm512_set1_ps(x); }
   static MLKV_SIMD_INLINE vf load(const float* p) { return _mm512_load_ps(p); }
   static MLKV_SIMD_INLINE void store(float* p, vf x) { _mm512_store_ps(p, x); }

@@ -39,6 +39,7 @@ struct ops {
   /// __builtin_prefetch calls).
   static MLKV_SIMD_INLINE void prefetch(const char* p) { __asm__ volatile("prfm pldl2keep, %0" : : "Q"(*p)); }
   static MLKV_SIMD_INLINE vf zero() { return vdupq_n_f32(0.f); }
+  static MLKV_SIMD_INLINE void pin(vf&) {}  // NEON's FMLA takes no memory operand
   static MLKV_SIMD_INLINE vf set1(float x) { return vdupq_n_f32(x); }
   static MLKV_SIMD_INLINE vf load(const float* p) { return vld1q_f32(p); }
   static MLKV_SIMD_INLINE void store(float* p, vf x) { vst1q_f32(p, x); }

@@ -31,6 +31,7 @@ struct ops {
   /// A prefetch hint (the compiler may drop it: the portable path does not rely on it).
   static MLKV_SIMD_INLINE void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
   static MLKV_SIMD_INLINE vf zero() { return 0.f; }
+  static MLKV_SIMD_INLINE void pin(vf&) {}
   static MLKV_SIMD_INLINE vf set1(float x) { return x; }
   static MLKV_SIMD_INLINE vf load(const float* p) { return *p; }
   static MLKV_SIMD_INLINE void store(float* p, vf x) { *p = x; }
