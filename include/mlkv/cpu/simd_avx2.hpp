@@ -45,6 +45,7 @@ struct ops {
   static constexpr int PB = 6;   // 6 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = false;  // f16 rows: VCVTPH2PS, then an f32 transpose
+  static constexpr bool f16_pair_scores = false;
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).

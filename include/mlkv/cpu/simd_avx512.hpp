@@ -51,6 +51,7 @@ struct ops {
   static constexpr int PB = 12;  // 12 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;  // VPMOVDW + VCVTPH2PS split the transposed f16 pairs
+  static constexpr bool f16_pair_scores = true;  // kt_f16_pairs: few queries per KV head
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
@@ -138,6 +139,23 @@ struct ops {
   template <class T>
   static MLKV_SIMD_INLINE vi load_pairs(const T* p, int n) {
     return _mm512_maskz_loadu_epi32(first(n), p);
+  }
+  /// W/2 transposed f16 (d, d+1) pairs (32 bytes, 32-byte aligned) as f32, d and d+1 of a
+  /// token in adjacent lanes.
+  static MLKV_SIMD_INLINE vf load_f16_pairs(const float* p) {
+    return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  /// (p[0], p[1]) repeated over the lanes.
+  static MLKV_SIMD_INLINE vf broadcast_pair(const float* p) {
+    double d;
+    std::memcpy(&d, p, sizeof d);
+    return _mm512_castpd_ps(_mm512_set1_pd(d));
+  }
+  /// Sums of adjacent lanes: lanes 0..W/2-1 from lo, W/2..W-1 from hi.
+  static MLKV_SIMD_INLINE vf pair_sum(vf lo, vf hi) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
   }
   /// bf16 pairs -> (even dims, odd dims) as f32: bf16 is the upper half of an f32.
   static MLKV_SIMD_INLINE void split_bf16(vi x, vf& even, vf& odd) {

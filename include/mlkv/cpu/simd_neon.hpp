@@ -34,6 +34,7 @@ struct ops {
   static constexpr int PB = 12;  // 12 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;
+  static constexpr bool f16_pair_scores = false;
 
   /// Prefetches the line at p into L2 (an asm statement: GCC may delete a loop of nothing but
   /// __builtin_prefetch calls).
