@@ -77,7 +77,9 @@ namespace {
 
 /// Decode kernel shapes the benchmark can compare: variant 0 is the library's default (L2::256B
 /// prefetch hint on the K/V copies); 1-3 other warps x stages with the hint; variant 4 the default
-/// shape without the hint; variant 5 a deep pipeline (5-6 stages, one CTA per SM).
+/// shape without the hint; variant 5 a deep pipeline (5-6 stages, one CTA per SM); d64 only: 6-9
+/// small and deep CTAs (4 warps x 2 and x 3 stages, 8 x 4, 2 x 4) for the batch-128/512 one-KV-head
+/// slots of the CUDA model (issue 7).
 template <int D, class F>
 void with_variant(int variant, F&& f) {
   using namespace mlkv::cuda::detail;
@@ -89,6 +91,10 @@ void with_variant(int variant, F&& f) {
       case 3: return f(decode_cfg<8, 2, true>{});
       case 4: return f(decode_cfg<8, 2, false>{});
       case 5: return f(decode_cfg<8, 5, true>{});
+      case 6: return f(decode_cfg<4, 2, true>{});
+      case 7: return f(decode_cfg<4, 3, true>{});
+      case 8: return f(decode_cfg<8, 4, true>{});
+      case 9: return f(decode_cfg<2, 4, true>{});
       default: break;
     }
   } else if constexpr (D == 128) {

@@ -2,7 +2,8 @@
 //
 //   mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context 2048]
 //                         [--mem-frac 0.8] [--out FILE.json]
-//                         [--gemm-algos N] [--show-gemms] [--decode-splits N]
+//                         [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]
+//                         [--branch-sms N] [--branch-priority -1|0|1]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
 //       cache in pages of 64 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
@@ -10,7 +11,10 @@
 //       same run by a read-only kernel (the one of bench/cuda/mlkv_cuda_bench.cu).
 //       Variants for timing old against new in one call (NOTES.md): --gemm-algos (the model's
 //       cuBLASLt algorithms timed per shape; 0: cublasGemmEx, which also runs a decode step's MLP
-//       branch after the attention branch), --decode-splits (decode attention's split, forced).
+//       branch after the attention branch), --decode-splits (decode attention's split, forced),
+//       --logits-chunk (cuda_model_options::logits_chunk; default 512: one logits GEMM over the
+//       output embedding at batch 512), --branch-sms (cuda_model_options::branch_sms),
+//       --branch-priority (model_detail::branch_priority: -1 by batch, 0 off, 1 on).
 //       (The v4 comparisons of NOTES.md also switched the pre-v4 kernels in; those paths were
 //       removed once v4 was kept.)
 //   mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX
@@ -43,7 +47,8 @@ using namespace mlkv;
                "mlkv-cuda-model: %s\n"
                "usage: mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context N]\n"
                "                             [--mem-frac F] [--out FILE.json] [--steps N] [--no-bw]\n"
-               "                             [--gemm-algos N] [--show-gemms] [--decode-splits N]\n"
+               "                             [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]\n"
+               "                             [--branch-sms N] [--branch-priority -1|0|1]\n"
                "       mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX\n",
                why.c_str());
   std::exit(2);
@@ -142,6 +147,8 @@ struct bench_options {
   bool measure_bw = true;
   int gemm_algos = -1;  ///< cuda_model_options::gemm_algos (-1: the default)
   bool show_gemms = false;
+  int logits_chunk = 512;  ///< cuda_model_options::logits_chunk
+  int branch_sms = -2;     ///< cuda_model_options::branch_sms (-2: the default)
 };
 
 struct row {
@@ -187,7 +194,7 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
   const std::size_t pages_per_seq = static_cast<std::size_t>(cache_t::blocks_for(seq_tokens));
   const std::size_t seq_bytes = pages_per_seq * cache_t::page_bytes;
   const std::size_t per_row = cuda::cuda_model<bf16, bf16>::scratch_bytes_per_row(w);
-  const int chunk = 256;
+  const int chunk = o.logits_chunk;
   // Everything but the cache and the per-row scratch: the weights as uploaded (embed_in too),
   // the logits chunk, cuBLAS's workspace, a margin for the decode workspace and block tables.
   std::size_t fixed = w.embed_in.bytes() + w.step_bytes() + static_cast<std::size_t>(chunk) * cfg.vocab_size * 4 +
@@ -207,6 +214,7 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
   MLKV_CUDA_CHECK(cudaGetLastError());
   cuda::cuda_model_options mo{.max_batch = max_b, .max_rows = 1, .max_context = seq_tokens, .logits_chunk = chunk};
   if (o.gemm_algos >= 0) mo.gemm_algos = o.gemm_algos;
+  if (o.branch_sms >= -1) mo.branch_sms = o.branch_sms;
   cuda::cuda_model<bf16, bf16> m(w, mo, s);
   const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%-8s largest batch %d (%.2f MB per sequence at %d tokens, %.0f KB scratch per row); setup %.1f s\n",
@@ -284,11 +292,15 @@ int bench_main(int argc, char** argv) {
     else if (a == "--no-bw") o.measure_bw = false;
     else if (a == "--gemm-algos") o.gemm_algos = std::atoi(next().c_str());
     else if (a == "--show-gemms") o.show_gemms = true;
+    else if (a == "--logits-chunk") o.logits_chunk = std::atoi(next().c_str());
+    else if (a == "--branch-sms") o.branch_sms = std::atoi(next().c_str());
+    else if (a == "--branch-priority") cuda::model_detail::branch_priority.store(std::atoi(next().c_str()));
     else if (a == "--decode-splits") cuda::detail::decode_force_splits.store(std::atoi(next().c_str()));
     else usage("unknown argument " + a);
   }
   if (o.context < 2 || o.context > 1 << 20) usage("--context must be in [2, 1048576]");
   if (!(o.mem_frac > 0.0 && o.mem_frac <= 0.95)) usage("--mem-frac must be in (0, 0.95]");
+  if (o.logits_chunk < 1 || o.logits_chunk > 65535) usage("--logits-chunk must be in [1, 65535]");
   cudaStream_t s{};
   MLKV_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaDeviceProp prop{};

@@ -17,6 +17,7 @@ def main():
     ap.add_argument("--hf", required=True)
     ap.add_argument("--fidelity")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--note", action="append", default=[], help="a line printed under the run line (repeatable)")
     a = ap.parse_args()
     b = json.load(open(a.bench))
     hf = json.load(open(a.hf)) if os.path.exists(a.hf) else {"eager": [], "compiled": []}
@@ -77,6 +78,8 @@ def main():
     L = []
     L.append("# CUDA model: decode tokens/s of the paper's nine configurations (issue 7)\n")
     L.append("Run: `bash bench/cuda_model/run_on_gpu.sh` (one call: tests, fidelity, benchmark, Hugging Face).")
+    for n in a.note:
+        L.append(n)
     L.append("GPU: **%s** (%d SMs, %.0f GiB); read bandwidth measured in the same run by a read-only kernel: "
              "**%.2f TB/s** (%s)." % (b["gpu"], b["sms"], b["memory_bytes"] / 2 ** 30, bw, b["read_bw_kernel"]))
     L.append("Pythia-160M shape, random bf16 weights (MLP widened as the paper's converter does), bf16 paged cache "

@@ -10,6 +10,7 @@
 #   MLKV_STEPS="build test fidelity hf bench report" bash ...   # a subset (memcheck is extra)
 #   MLKV_PREBUILT=DIR bash ...    # DIR holds test_cuda_model and mlkv-cuda-model built with nvcc 13.0
 #   MLKV_BENCH_ARGS="--configs MHA-144,MLKV-2" bash ...
+#   MLKV_HF_JSON=F MLKV_FIDELITY_JSON=F MLKV_REPORT_NOTE="..." bash ...   # report with earlier HF/fidelity results
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mlkv_cuda_model_out}
@@ -112,8 +113,13 @@ fi
 
 if has report; then
   step report
-  $PY bench/cuda_model/report.py --bench "$OUT/bench.json" --hf "$OUT/hf.json" \
-    --fidelity "$OUT/cuda_model_fidelity.json" --out "$OUT/report" >"$OUT/report.log" 2>&1 || status=1
+  # MLKV_HF_JSON / MLKV_FIDELITY_JSON: results of an earlier run when this one skips those steps
+  # (say so with MLKV_REPORT_NOTE, a line for the table's header).
+  note=()
+  [ -n "${MLKV_REPORT_NOTE:-}" ] && note=(--note "$MLKV_REPORT_NOTE")
+  $PY bench/cuda_model/report.py --bench "$OUT/bench.json" --hf "${MLKV_HF_JSON:-$OUT/hf.json}" \
+    --fidelity "${MLKV_FIDELITY_JSON:-$OUT/cuda_model_fidelity.json}" --out "$OUT/report" "${note[@]}" \
+    >"$OUT/report.log" 2>&1 || status=1
   cp "$OUT/report/"* "$OUT/" 2>/dev/null
   grep -A12 "^Targets:" "$OUT/report.log" | head -14
 fi

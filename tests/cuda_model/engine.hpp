@@ -35,6 +35,8 @@ struct engine_options {
   int max_rows = 256;
   int max_context = 160;
   int logits_chunk = 256;
+  /// mlkv::cuda::model_detail::branch_priority for this engine's decode graphs (-1: by batch size)
+  int branch_priority = -1;
 };
 
 /// A CUDA model loaded from a checkpoint directory with its own device cache and stream.

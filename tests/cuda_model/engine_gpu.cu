@@ -26,7 +26,9 @@ class gpu_engine final : public engine {
       : stream_(holder_.s), dc_(o.pages, stream_),
         model_(w, mlkv::cuda::cuda_model_options{.max_batch = o.max_batch, .max_rows = o.max_rows,
                                                   .max_context = o.max_context, .logits_chunk = o.logits_chunk},
-               stream_) {}
+               stream_) {
+    mlkv::cuda::model_detail::branch_priority.store(o.branch_priority);  // read when a graph is made
+  }
   ~gpu_engine() override {
     cudaStreamSynchronize(stream_);
   }

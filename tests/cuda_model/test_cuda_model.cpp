@@ -105,7 +105,7 @@ std::vector<float> slice(const std::vector<float>& v, int row, int V) {
 /// forward (a prompt and two single tokens), decode again with the sequences in another order
 /// (the same graph replayed over other sequences), batch sizes 1 and 2, logits in chunks.
 template <mlkv::model_shape S>
-void run_scenario(bool bf16, bool parallel, int logits_chunk) {
+void run_scenario(bool bf16, bool parallel, int logits_chunk, int branch_priority = -1) {
   const std::uint64_t seed = mlkv_test::fresh_seed();
   INFO("geometry L=" << S.layers << " Hq=" << S.q_heads << " Hkv=" << S.kv_heads << " Lkv=" << S.kv_layers
                      << (bf16 ? " bf16" : " f32/f16") << (parallel ? " parallel" : " sequential")
@@ -116,6 +116,7 @@ void run_scenario(bool bf16, bool parallel, int logits_chunk) {
   engine_options eo;
   eo.bf16 = bf16;
   eo.logits_chunk = logits_chunk;
+  eo.branch_priority = branch_priority;
   auto gpu = make_engine(dir.path.string(), eo);
   const int V = gpu->vocab();
   const double bound = bf16 ? bf16_bound : f32_bound;
@@ -228,6 +229,13 @@ TEST_CASE("CUDA model matches the CPU model: bf16 weights and cache") {
   run_scenario<geometry<0>>(true, true, 256);
   run_scenario<geometry<1>>(true, true, 2);
   run_scenario<geometry<2>>(true, false, 256);
+}
+
+TEST_CASE("CUDA model matches the CPU model: decode graphs with branch priorities (the large-batch path)") {
+  // The tests' batches are below the size where a decode graph runs its attention branch on the
+  // high-priority stream: force it, on a parallel-residual model (the MLP branch beside it).
+  run_scenario<geometry<1>>(true, true, 2, 1);
+  run_scenario<geometry<2>>(false, true, 256, 1);
 }
 
 TEST_CASE("CUDA model: bad input is refused and leaves the cache as it was") {

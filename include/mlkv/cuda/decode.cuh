@@ -90,6 +90,33 @@ __device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>&
   return ctx < 1 || ctx > device_capacity(p.kv, b) || ctx > p.chunk * p.max_splits;
 }
 
+/// A decode tile's row addresses in two steps, so that a paged view's block-table read can be
+/// issued a tile ahead of the copies that need it: decode_row_page loads what the row's address
+/// depends on (the page of the token's block; nothing for a contiguous view), decode_row_offset
+/// finishes the address from it. Together they equal the view's offset(seq, head, token).
+template <class T>
+__device__ __forceinline__ int decode_row_page(const contiguous_slot_view<T>& /*v*/, int /*b*/, int /*tok*/) {
+  return 0;
+}
+template <class T>
+__device__ __forceinline__ std::size_t decode_row_offset(const contiguous_slot_view<T>& v, int b, int hk, int tok,
+                                                         int /*page*/) {
+  return v.offset(b, hk, tok);
+}
+template <class T>
+__device__ __forceinline__ int decode_row_page(const paged_slot_view<T>& v, int b, int tok) {
+  return v.block_table[static_cast<std::size_t>(b) * static_cast<std::size_t>(v.max_blocks) +
+                       static_cast<std::size_t>(v.block_of(tok))];
+}
+template <class T>
+__device__ __forceinline__ std::size_t decode_row_offset(const paged_slot_view<T>& v, int /*b*/, int hk, int tok,
+                                                         int page) {
+  return static_cast<std::size_t>(page) * v.page_stride +
+         (static_cast<std::size_t>(hk) * static_cast<std::size_t>(v.page_tokens) +
+          static_cast<std::size_t>(v.in_page(tok))) *
+             static_cast<std::size_t>(v.head_dim);
+}
+
 /// One CTA per (split, KV head x head block, sequence).
 template <class T, int D, int MT, class Cfg, class View>
 __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode_params<T, View> p) {
@@ -133,22 +160,38 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   }
   const T* const kb = kbase(p.kv);
   const T* const vb = vbase(p.kv);
+  // The pages of the next tile's rows, read one tile ahead (a block-table read right before the
+  // copies delayed each tile's copies by an L2 round trip; NOTES.md of bench/cuda_model, v5).
+  constexpr int IT = N * CH / NT;
+  int pg[IT];
+  auto fetch_pages = [&](int tile) {
+    const int base = t0 + tile * N;
+#pragma unroll
+    for (int it = 0; it < IT; ++it) {
+      const int tok = base + (tid + it * NT) / CH;
+      pg[it] = decode_row_page(p.kv, b, tok < t1 ? tok : t0);
+    }
+  };
   auto load_tile = [&](int tile, int stage) {
     const int base = t0 + tile * N;
 #pragma unroll
-    for (int it = 0; it < N * CH / NT; ++it) {
+    for (int it = 0; it < IT; ++it) {
       const int e = tid + it * NT;
       const int r = e / CH, c = e - r * CH;
       const int tok = base + r;
       const bool ok = tok < t1;
-      const std::size_t off = p.kv.offset(b, hk, ok ? tok : t0) + static_cast<std::size_t>(c * 8);
+      const std::size_t off = decode_row_offset(p.kv, b, hk, ok ? tok : t0, pg[it]) + static_cast<std::size_t>(c * 8);
       cp_async_16_kv<Cfg>(smem_addr(sK + (stage * N + r) * LD + c * 8), kb + off, ok);
       cp_async_16_kv<Cfg>(smem_addr(sV + (stage * N + r) * LD + c * 8), vb + off, ok);
     }
   };
+  fetch_pages(0);
 #pragma unroll
   for (int s = 0; s < ST - 1; ++s) {
-    if (s < ntiles) load_tile(s, s);
+    if (s < ntiles) {
+      load_tile(s, s);
+      if (s + 1 < ntiles) fetch_pages(s + 1);
+    }
     cp_async_commit();  // the first group carries Q too
   }
   cp_async_wait<ST - 2>();
@@ -182,7 +225,10 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
     }
     {
       const int next = tile + ST - 1;
-      if (next < ntiles) load_tile(next, next % ST);
+      if (next < ntiles) {
+        load_tile(next, next % ST);
+        if (next + 1 < ntiles) fetch_pages(next + 1);
+      }
       cp_async_commit();
     }
     const std::uint16_t* ks_ = sK + (stage * N + warp * 16) * LD;

@@ -14,7 +14,10 @@
 ///     in), decode_attention for decode steps and prefill_attention for chunks of rows;
 ///   - with the parallel residual, a decode step's MLP runs on a second stream of the model's,
 ///     beside the attention branch (both read the layer's LayerNorms; the next layer waits for
-///     both), so the MLP's GEMMs hide under the attention's latency;
+///     both), so the MLP's GEMMs hide under the attention's latency; its GEMMs are planned for
+///     half of the SMs (cuda_model_options::branch_sms) and, at batches of 64 rows or more, the
+///     graph runs the attention branch at a higher stream priority than the MLP, so the decode
+///     kernel's CTAs are placed first and the MLP's fill in around them;
 ///   - `decode()` runs a decode step as a CUDA graph captured once per batch size and replayed:
 ///     sequences may join (after a `forward()` of their prompt) and leave between steps, since a
 ///     step only changes the contents of the device buffers the graph reads (tokens, context
@@ -44,6 +47,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -76,6 +80,14 @@
   } while (false)
 
 namespace mlkv::cuda {
+
+namespace model_detail {
+/// Benchmark knob (bench/cuda_model only; NOTES.md v5): whether a decode graph runs its attention
+/// branch at the device's greatest stream priority and the MLP branch at the least (node
+/// priorities); -1: when the batch has at least priority_min_batch rows, 0: never, 1: always.
+inline std::atomic<int> branch_priority{-1};
+inline constexpr int priority_min_batch = 64;
+}  // namespace model_detail
 
 /// Device memory owned by one object (cudaFree on destruction; never throws there).
 class device_memory {
@@ -149,6 +161,10 @@ struct cuda_model_options {
   /// is made (the heuristic's first `gemm_algos`, each on a cold L2, the fastest kept); 1: the
   /// heuristic's first, untimed; 0: cublasGemmEx (cuBLAS's own choice, as forward() always uses).
   int gemm_algos = 8;
+  /// Decode steps with the parallel residual (their MLP branch beside the attention branch, on a
+  /// second stream): the SMs the MLP's GEMMs are planned for (cuBLASLt's SM count target), so
+  /// that the decode kernel beside them keeps the others; -1: half of the device's, 0: all.
+  int branch_sms = -1;
 };
 
 /// The CUDA model over weights of type W (float or mlkv::bf16, converted from the host model's
@@ -178,6 +194,7 @@ class cuda_model {
                ") must be in [1, 65535]");
     MLKV_CHECK(opt.gemm_algos >= 0 && opt.gemm_algos <= max_gemm_algos, "gemm algos (", opt.gemm_algos,
                ") must be in [0, ", max_gemm_algos, "]");
+    MLKV_CHECK(opt.branch_sms >= -1, "branch SMs (", opt.branch_sms, ") must be -1 (half), 0 (all) or a count");
     MLKV_CHECK(w.hidden <= model_detail::max_hidden, "hidden size (", w.hidden, ") must be at most ",
                model_detail::max_hidden, " for the CUDA LayerNorm kernel");
     MLKV_CHECK(cuda_head_dim_supported(w.shape.head_dim), "head dim ", w.shape.head_dim,
@@ -197,8 +214,11 @@ class cuda_model {
     MLKV_CUBLAS_CHECK(cublasSetPointerMode(blas_, CUBLAS_POINTER_MODE_HOST));
     MLKV_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));  // no TF32 for f32
     MLKV_CUBLAS_CHECK(cublasLtCreate(&lt_));
-    MLKV_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
-    for (cudaEvent_t* e : {&fork_, &join_}) {
+    int least = 0, greatest = 0;
+    MLKV_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    MLKV_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, least));
+    MLKV_CUDA_CHECK(cudaStreamCreateWithPriority(&hi_, cudaStreamNonBlocking, greatest));
+    for (cudaEvent_t* e : {&fork_, &join_, &hi_in_, &hi_out_}) {
       MLKV_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     }
     MLKV_CUDA_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
@@ -214,12 +234,14 @@ class cuda_model {
     // Nothing may be running when the model goes: wait for the stream (a destructor, not a step).
     cudaStreamSynchronize(stream_);
     if (side_ != nullptr) cudaStreamSynchronize(side_);
+    if (hi_ != nullptr) cudaStreamSynchronize(hi_);
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
     plans_.clear();
-    for (cudaEvent_t e : {fork_, join_}) {
+    for (cudaEvent_t e : {fork_, join_, hi_in_, hi_out_}) {
       if (e != nullptr) cudaEventDestroy(e);
     }
     if (side_ != nullptr) cudaStreamDestroy(side_);
+    if (hi_ != nullptr) cudaStreamDestroy(hi_);
     if (staged_ != nullptr) cudaEventDestroy(staged_);
     if (blas_ != nullptr) cublasDestroy(blas_);
     if (lt_ != nullptr) cublasLtDestroy(lt_);
@@ -771,7 +793,7 @@ class cuda_model {
     // assume 256-byte aligned operands unless told less (weights and outputs are 256-byte aligned).
     const auto addr = reinterpret_cast<std::uintptr_t>(x);
     const std::uint32_t align = addr % 256 == 0 ? 256u : static_cast<std::uint32_t>(addr & (~addr + 1));
-    const auto key = std::make_tuple(rows, in, out, align);
+    const auto key = std::make_tuple(rows, in, out, align, side && opt_.branch_sms != 0);
     if (const auto it = plans_.find(key); it != plans_.end()) return *it->second;
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     MLKV_CUDA_CHECK(cudaStreamIsCapturing(stream_, &cs));
@@ -787,6 +809,16 @@ class cuda_model {
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (side && opt_.branch_sms != 0) {
+      // The MLP branch's GEMMs planned for fewer SMs than the device has, so that the attention
+      // branch beside them (the decode kernel above all) keeps the rest (NOTES.md v5).
+      int dev = 0, sms = 0;
+      MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+      MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      const std::int32_t target = opt_.branch_sms > 0 ? std::min(opt_.branch_sms, sms) : std::max(1, sms / 2);
+      MLKV_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target, sizeof target));
+    }
     MLKV_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, t, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), in));
     MLKV_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, t, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(rows), in));
     MLKV_CUBLAS_CHECK(
@@ -1042,14 +1074,36 @@ class cuda_model {
       clear_graphs();
       dec_ws_ = device_memory(need);
     }
+    // The attention branch ahead of the MLP branch when both compete for the SMs (large batches):
+    // the decode kernel's CTAs are placed first, the MLP's fill in around them (NOTES.md v5).
+    const int prio_knob = model_detail::branch_priority.load(std::memory_order_relaxed);
+    const bool prio = opt_.gemm_algos > 0 && cfg_.use_parallel_residual &&
+                      (prio_knob > 0 || (prio_knob < 0 && B >= model_detail::priority_min_batch));
+    auto body = [&] {
+      if (!prio) return decode_body(cache, B, ab);
+      // The attention branch on hi_ (greatest priority), the MLP branch on side_ (least).
+      const cudaStream_t outer = stream_;
+      MLKV_CUDA_CHECK(cudaEventRecord(hi_in_, outer));
+      MLKV_CUDA_CHECK(cudaStreamWaitEvent(hi_, hi_in_, 0));
+      stream_ = hi_;
+      try {
+        decode_body(cache, B, ab);
+      } catch (...) {
+        stream_ = outer;
+        throw;
+      }
+      stream_ = outer;
+      MLKV_CUDA_CHECK(cudaEventRecord(hi_out_, hi_));
+      MLKV_CUDA_CHECK(cudaStreamWaitEvent(outer, hi_out_, 0));
+    };
     // The step runs once outside a capture first: the first launch of each kernel (function
     // attributes, occupancy queries, cuBLAS's choices) must not happen inside one. It writes the
     // same K/V rows the graph then writes again, so the result does not change.
-    decode_body(cache, B, ab);
+    body();
     cudaGraph_t g = nullptr;
     MLKV_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
-      decode_body(cache, B, ab);
+      body();
     } catch (...) {
       cudaStreamEndCapture(stream_, &g);
       if (g != nullptr) cudaGraphDestroy(g);
@@ -1057,7 +1111,7 @@ class cuda_model {
     }
     MLKV_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, prio ? cudaGraphInstantiateFlagUseNodePriority : 0);
     cudaGraphDestroy(g);
     MLKV_CUDA_CHECK(e);
     graphs_.emplace(B, exec);
@@ -1099,9 +1153,10 @@ class cuda_model {
   cudaEvent_t staged_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
-  cudaStream_t side_ = nullptr;  // the MLP branch of decode steps (parallel residual)
-  cudaEvent_t fork_ = nullptr, join_ = nullptr;
-  std::map<std::tuple<int, int, int, std::uint32_t>, std::unique_ptr<gemm_plan>> plans_;
+  cudaStream_t side_ = nullptr;  // the MLP branch of decode steps (parallel residual), least priority
+  cudaStream_t hi_ = nullptr;    // the attention branch of decode graphs, greatest priority
+  cudaEvent_t fork_ = nullptr, join_ = nullptr, hi_in_ = nullptr, hi_out_ = nullptr;
+  std::map<std::tuple<int, int, int, std::uint32_t, bool>, std::unique_ptr<gemm_plan>> plans_;
   device_memory flush_;
   std::map<int, cudaGraphExec_t> graphs_;
   std::vector<std::pair<std::uint32_t, int>> seen_;

@@ -416,22 +416,23 @@ __global__ void __launch_bounds__(argmax_threads) argmax_kernel(const float* __r
     }
   };
   if ((vocab & 3) == 0 && (reinterpret_cast<std::uintptr_t>(row) & 15u) == 0) {
+    // Up to 8 float4 loads of a thread in flight at once, the tail masked rather than a second
+    // loop: a row of Pythia's 50304 logits is two rounds of loads instead of four (NOTES.md v5).
+    constexpr int U = 8;
     const float4* r4 = reinterpret_cast<const float4*>(row);
     const int n4 = vocab / 4;
-    int i = threadIdx.x;
-    for (; i + 3 * argmax_threads < n4; i += 4 * argmax_threads) {
-      float4 v[4];
+    for (int i = threadIdx.x; i < n4; i += U * argmax_threads) {
+      float4 v[U];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) v[u] = __ldcs(r4 + i + u * argmax_threads);
+      for (int u = 0; u < U; ++u) {
+        const int j = i + u * argmax_threads;
+        v[u] = j < n4 ? __ldcs(r4 + j) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+      }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int b = 4 * (i + u * argmax_threads);
+      for (int u = 0; u < U; ++u) {
+        const int b = 4 * (i + u * argmax_threads);  // -inf padding is never taken ('>')
         take(v[u].x, b), take(v[u].y, b + 1), take(v[u].z, b + 2), take(v[u].w, b + 3);
       }
-    }
-    for (; i < n4; i += argmax_threads) {
-      const float4 v = __ldcs(r4 + i);
-      take(v.x, 4 * i), take(v.y, 4 * i + 1), take(v.z, 4 * i + 2), take(v.w, 4 * i + 3);
     }
   } else {
     for (int i = threadIdx.x; i < vocab; i += argmax_threads) take(row[i], i);
