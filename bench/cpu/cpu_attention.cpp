@@ -492,12 +492,12 @@ int main(int argc, char** argv) {
           // right after the row, since this VM's bandwidth moves with its neighbours within minutes.
           const double kv = 2.0 * b * g.kv_heads * c * g.head_dim * static_cast<double>(mlkv::size_of(t));
           const bool dram = kv >= 64.0 * (1 << 20);
-          const double before = dram ? probe.gbps(2) : 0.0;
+          const double before = dram ? probe.gbps(4) : 0.0;
           for_dtype(t, [&](auto tag) {
             using T_ = decltype(tag);
             rows.push_back(run_row<T_>(pool, o, "decode", g, b, c, o.path, fma_peak, dot_peak));
           });
-          if (dram) rows.back().bw_adjacent = std::max(before, probe.gbps(2));
+          if (dram) rows.back().bw_adjacent = std::max(before, probe.gbps(4));
           print_row(rows.back(), bw);
         }
       }
@@ -587,7 +587,7 @@ int main(int argc, char** argv) {
        "* head_dim per (row, visible token). compute_gflops_limit: measured f32 FMA peak; rows on the avx512_bf16 "
        "path over bf16 use compute_limit_gflops = harmonic mean of the BF16-dot and FMA peaks (q.k and p.v halves). "
        "pct_roofline: max(bytes/bandwidth, flops/limit) over the step time. Decode rows whose K/V exceed 64 MiB also "
-       "carry read_gbps_adjacent, the read bandwidth measured right before and right after the row (best of both, "
+       "carry read_gbps_adjacent, the read bandwidth measured right before and right after the row (best of 4 + 4 reads, "
        "512 MiB buffer), and pct_roofline_adjacent, the roofline percentage against it: the VM's bandwidth moves "
        "with its neighbours within minutes, and this limit is the one the row ran under.\",\n";
   f << "  \"rows\": [\n";
