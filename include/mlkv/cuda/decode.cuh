@@ -69,6 +69,38 @@ __host__ __device__ constexpr std::size_t decode_smem_bytes() {
 /// programmatic dependent launch off (pdl_enabled in common.cuh).
 inline std::atomic<int> decode_force_splits{0};
 
+/// Fused Q/K/V split of the CUDA model's decode steps (decode_attention_qkv): the kernel takes its
+/// query rows from the f32 Q/K/V projection of the new tokens (bias added, rotary applied at
+/// position context - 1, rounded to the storage type: the arithmetic of the model's split kernel),
+/// and on an owner layer the new token's K (rotated) and V too, which the CTA holding that token
+/// writes into the slot (head block 0) and into its own tile.
+struct decode_fused_qkv {
+  const float* qkv = nullptr;   // [batch, qkv_ld]: Q (q_heads x head_dim), then K and V (kv_heads x head_dim each)
+  const float* bias = nullptr;  // [q_dim (+ 2 kv_heads x head_dim on owner layers)]
+  int qkv_ld = 0;
+  int q_dim = 0;
+  int write_kv = 0;     // owner layer: K and V of the new token go into the slot
+  int rotary_dims = 0;  // leading dims of each head rotated (GPT-NeoX rotate-half)
+  float inv_freq[64];   // [rotary_dims / 2]
+};
+
+/// decode_fused_qkv's rotation of element e (dim d of its head) of src + bias at position pos:
+/// rope.hpp's arithmetic, products and sums rounded separately (as the model's split kernels).
+__device__ __forceinline__ float decode_rotate(const float* __restrict__ src, const float* __restrict__ bias, int e,
+                                               int d, int pos, const decode_fused_qkv& f) {
+  const int half = f.rotary_dims / 2;
+  const int pe = d < half ? e + half : (d < 2 * half ? e - half : e);
+  float x = src[e] + bias[e];
+  const float y = src[pe] + bias[pe];
+  if (d < 2 * half) {
+    const float angle = __fmul_rn(static_cast<float>(pos), f.inv_freq[d < half ? d : d - half]);
+    float sn, cs;
+    sincosf(angle, &sn, &cs);
+    x = d < half ? __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn)) : __fadd_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
+  }
+  return x;
+}
+
 template <class T, class View>
 struct decode_params {
   View kv;
@@ -83,6 +115,7 @@ struct decode_params {
   float scale_log2; // softmax scale * log2(e)
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
   float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
+  decode_fused_qkv fq;  // the fused kernel's inputs (q unused then)
 };
 
 template <class T, class View>
@@ -117,8 +150,9 @@ __device__ __forceinline__ std::size_t decode_row_offset(const paged_slot_view<T
              static_cast<std::size_t>(v.head_dim);
 }
 
-/// One CTA per (split, KV head x head block, sequence).
-template <class T, int D, int MT, class Cfg, class View>
+/// One CTA per (split, KV head x head block, sequence). Fused: the query rows (and the new token's
+/// K/V) from p.fq (decode_fused_qkv).
+template <class T, int D, int MT, class Cfg, class View, bool Fused = false>
 __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode_params<T, View> p) {
   constexpr int RB = 16 * MT, N = Cfg::tile, LD = D + 8, ST = Cfg::stages, CH = D / 8, NT = Cfg::threads;
   constexpr int W = Cfg::warps;
@@ -150,8 +184,11 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   const int nsplit = (ctx + p.chunk - 1) / p.chunk;
   const int ntiles = (t1 - t0 + N - 1) / N;
 
-  // Q rows of this head block (zero rows past the group).
-  {
+  // Q rows of this head block (zero rows past the group); fused: computed below, after the first
+  // tiles' copies are on their way.
+  [[maybe_unused]] bool has_new = false;  // fused, owner layer: this CTA holds the new token
+  [[maybe_unused]] std::uint16_t knew = 0, vnew = 0;  // its K and V, dim tid (tid < D)
+  if constexpr (!Fused) {
     const T* qb = p.q + (static_cast<std::size_t>(b) * p.q_heads + head0) * D;
     for (int e = tid; e < RB * CH; e += NT) {
       const int r = e / CH, c = e - r * CH;
@@ -194,6 +231,36 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
     }
     cp_async_commit();  // the first group carries Q too
   }
+  if constexpr (Fused) {
+    // The copies above may read the new token's row before this kernel writes it: the loop patches
+    // that row of the tile from registers.
+    const float* row = p.fq.qkv + static_cast<std::size_t>(b) * static_cast<std::size_t>(p.fq.qkv_ld);
+    const int pos = ctx - 1;
+    // Q first, every element's loads in flight together (the K/V stores below would order them).
+    static_assert(RB * D % NT == 0, "mlkv: the fused Q rows must divide among the threads");
+#pragma unroll
+    for (int i = 0; i < RB * D / NT; ++i) {
+      const int e = tid + i * NT;
+      const int r = e / D, d = e - r * D;
+      sQ[r * LD + d] = r < nh ? to_bits<T>(decode_rotate(row, p.fq.bias, (head0 + r) * D + d, d, pos, p.fq))
+                              : std::uint16_t{0};
+    }
+    if (p.fq.write_kv != 0 && pos >= t0 && pos < t1) {
+      has_new = true;
+      if (tid < D) {
+        const int kv_dim = p.kv.kv_heads * D;
+        const int ke = p.fq.q_dim + hk * D + tid;
+        knew = to_bits<T>(decode_rotate(row, p.fq.bias, ke, tid, pos, p.fq));
+        vnew = to_bits<T>(row[ke + kv_dim] + p.fq.bias[ke + kv_dim]);
+        if (hb == 0) {
+          // The view hands out const rows because attention only reads; this layer owns the slot.
+          const std::size_t off = p.kv.offset(b, hk, pos) + static_cast<std::size_t>(tid);
+          reinterpret_cast<std::uint16_t*>(const_cast<T*>(kbase(p.kv)))[off] = knew;
+          reinterpret_cast<std::uint16_t*>(const_cast<T*>(vbase(p.kv)))[off] = vnew;
+        }
+      }
+    }
+  }
   cp_async_wait<ST - 2>();
   __syncthreads();
 
@@ -222,6 +289,18 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
     if (tile > 0) {
       cp_async_wait<ST - 2>();
       __syncthreads();  // tile's data visible; every warp is done with tile - 1's stage
+    }
+    if constexpr (Fused) {
+      // The new token is this CTA's last row: its K/V from registers over whatever the copy read
+      // (the cache row may be written by this very kernel).
+      if (has_new && tile == ntiles - 1) {
+        const int r = ctx - 1 - (t0 + tile * N);
+        if (tid < D) {
+          sK[(stage * N + r) * LD + tid] = knew;
+          sV[(stage * N + r) * LD + tid] = vnew;
+        }
+        __syncthreads();
+      }
     }
     {
       const int next = tile + ST - 1;
@@ -573,7 +652,8 @@ void check_workspace_args(const View& kv, int q_heads, const attention_batch& ab
 /// Plans and launches one decode call with kernel shape Cfg (decode_attention uses the default).
 template <class T, int D, int MT, class Cfg, class View>
 void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attention_batch& ab, float scale,
-                   void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+                   void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
+                   const decode_fused_qkv* fused = nullptr) {
   const decode_plan pl = make_decode_plan<T, D, MT, Cfg>(kv, q_heads, ab);
   MLKV_CHECK(workspace_bytes >= pl.workspace, "decode workspace holds ", workspace_bytes, " bytes; this call needs ",
              pl.workspace, " (decode_workspace_bytes)");
@@ -597,10 +677,19 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   // The split kernel is launched plainly: launched early (programmatic dependent launch), its CTAs
   // were placed wherever the previous kernel left room and packed onto few SMs (NOTES.md, v3).
   // The combine kernel follows it with programmatic dependent launch (it waits before reading).
-  launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>,
-             dim3(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
-                  static_cast<unsigned>(ab.batch)),
-             dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
+  const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
+                  static_cast<unsigned>(ab.batch));
+  if (fused != nullptr) {
+    p.fq = *fused;
+    const auto kernel = decode_split_kernel<T, D, MT, Cfg, View, true>;
+    // decode_occupancy raised the plain kernel's limit; this one's (host-side, legal in a capture).
+    MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(decode_smem_bytes<D, MT, Cfg>())));
+    launch_pdl(kernel, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
+  } else {
+    launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(),
+               stream, /*programmatic=*/false, p);
+  }
   if (pl.splits > 1) {
     MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
     const int rows = std::min(p.group, 16 * MT);
@@ -649,5 +738,38 @@ void decode_attention(const View& kv, int q_heads, const typename View::value_ty
                                                                                    workspace, workspace_bytes, stream);
   });
 }
+
+namespace detail {
+
+/// decode_attention whose query rows come from the f32 Q/K/V projection of the new tokens (bias
+/// and rotary applied inside the kernel), and on an owner layer (fq.write_kv) whose new token's K
+/// and V are computed there too and written into the slot at position context[b] - 1: the CUDA
+/// model's decode step without a separate split kernel (NOTES.md v6 of bench/cuda_model). Every
+/// context[b] must lie in [1, the view's capacity for b]; a sequence outside it gets NaN rows and
+/// no K/V write, as decode_attention.
+///   fq.qkv: [ab.batch, fq.qkv_ld] f32, 4-byte aligned; out: [ab.batch, q_heads, head_dim]
+template <class View>
+void decode_attention_qkv(const View& kv, int q_heads, const decode_fused_qkv& fq, typename View::value_type* out,
+                          const attention_batch& ab, float scale, void* workspace, std::size_t workspace_bytes,
+                          cudaStream_t stream) {
+  using T = typename View::value_type;
+  static_assert(is_cuda_storage_v<T>, "mlkv: CUDA caches store mlkv::f16 or mlkv::bf16");
+  check_decode_args(kv, q_heads, out, out, ab, scale);  // q is not read (out stands in for its checks)
+  MLKV_CHECK(fq.qkv != nullptr && fq.bias != nullptr, "fused decode: the Q/K/V rows and the bias must be set");
+  MLKV_CHECK(fq.q_dim == q_heads * kv.head_dim, "fused decode: q_dim (", fq.q_dim, ") must be q_heads x head_dim (",
+             q_heads * kv.head_dim, ")");
+  MLKV_CHECK(fq.qkv_ld >= fq.q_dim + (fq.write_kv != 0 ? 2 * kv.kv_heads * kv.head_dim : 0),
+             "fused decode: qkv_ld (", fq.qkv_ld, ") is shorter than the Q/K/V row");
+  MLKV_CHECK(fq.rotary_dims >= 0 && fq.rotary_dims <= kv.head_dim && fq.rotary_dims % 2 == 0 && fq.rotary_dims <= 128,
+             "fused decode: rotary dims (", fq.rotary_dims, ") must be even and at most the head dim");
+  if (ab.batch == 0) return;
+  with_decode_config(kv, q_heads, [&](auto d, auto mt) {
+    constexpr int D = decltype(d)::value;
+    decode_launch<T, D, decltype(mt)::value, decode_default_cfg<D>>(kv, q_heads, static_cast<const T*>(nullptr), out,
+                                                                   ab, scale, workspace, workspace_bytes, stream, &fq);
+  });
+}
+
+}  // namespace detail
 
 }  // namespace mlkv::cuda

@@ -8,10 +8,12 @@
 ///     cuBLASLt with an algorithm timed per GEMM shape when the step's graph is made
 ///     (cuda_model_options::gemm_algos), forward() through cublasGemmEx;
 ///   - small fused kernels (cuda/model/kernels.cuh): residual add + one or both LayerNorms of a
-///     row, Q/K/V split with bias and the queries' rotary (in decode steps of owner layers also
-///     writing K, rotated, and V into the cache), bias + activation, argmax;
+///     row, Q/K/V split with bias and the queries' rotary (forward()), bias + activation, argmax;
 ///   - the library's CUDA kernels: append_kv (owner layers of forward(), keys rotated on the way
-///     in), decode_attention for decode steps and prefill_attention for chunks of rows;
+///     in), prefill_attention for chunks of rows, and for decode steps the decode kernel in its
+///     fused form (detail::decode_attention_qkv): it takes the queries from the f32 Q/K/V
+///     projection (bias, rotary) and on owner layers writes the new token's K (rotated) and V
+///     into the cache itself, so a decode step has no split kernel;
 ///   - with the parallel residual, a decode step's MLP runs on a second stream of the model's,
 ///     beside the attention branch (both read the layer's LayerNorms; the next layer waits for
 ///     both), so the MLP's GEMMs hide under the attention's latency; its GEMMs are planned for
@@ -997,22 +999,25 @@ class cuda_model {
       }
       gemm(h1, R, H_, L.qkv, L.qkv_rows, big, decode);
       const paged_slot_view<T> view = device_view(cache, L.slot, B);
-      if (decode && L.owner) {
-        // Decode, owner layer: the split writes K (rotated) and V into the cache itself.
-        detail::launch_pdl(model_detail::qkv_split_append_kernel<T, paged_slot_view<T>>, dim3(static_cast<unsigned>(R)),
-                           dim3(model_detail::row_threads), 0, stream_, true, static_cast<const float*>(big), L.qkv_rows,
-                           L.qkv_b, qd_, shape_.head_dim, ab.context, rt_, q, view);
+      if (decode) {
+        // Decode: the attention kernel splits the Q/K/V rows itself (bias, rotary) and, on an
+        // owner layer, writes the new token's K (rotated) and V into the cache (NOTES.md v6).
+        detail::decode_fused_qkv fq{};
+        fq.qkv = big;
+        fq.qkv_ld = L.qkv_rows;
+        fq.bias = L.qkv_b;
+        fq.q_dim = qd_;
+        fq.write_kv = L.owner ? 1 : 0;
+        fq.rotary_dims = rt_.rotary_dims;
+        for (int i = 0; i < rt_.rotary_dims / 2; ++i) fq.inv_freq[i] = rt_.inv_freq[i];
+        detail::decode_attention_qkv(view, shape_.q_heads, fq, att, ab, scale, dec_ws_.get(), dec_ws_.bytes(),
+                                     stream_);
       } else {
         const int kvd = L.owner ? kvd_ : 0;
         detail::launch_pdl(model_detail::qkv_split_kernel<T>, dim3(static_cast<unsigned>(R)),
                            dim3(model_detail::row_threads), 0, stream_, true, static_cast<const float*>(big), L.qkv_rows,
-                           L.qkv_b, qd_, kvd, shape_.head_dim, static_cast<const std::int32_t*>(decode ? nullptr : pos),
-                           ab.context, rt_, q, kb, vb);
+                           L.qkv_b, qd_, kvd, shape_.head_dim, pos, ab.context, rt_, q, kb, vb);
         if (L.owner) append_kv(view, static_cast<const float*>(kb), static_cast<const float*>(vb), ab, &rope_, stream_);
-      }
-      if (decode) {
-        decode_attention(view, shape_.q_heads, q, att, ab, scale, dec_ws_.get(), dec_ws_.bytes(), stream_);
-      } else {
         prefill_attention(view, shape_.q_heads, q, att, ab, scale, stream_);
       }
       if constexpr (!std::is_same_v<A, T>) {

@@ -284,63 +284,6 @@ __global__ void __launch_bounds__(row_threads) qkv_split_kernel(const float* __r
   }
 }
 
-/// The decode form of qkv_split_kernel on an owner layer, with append_kv fused in: q as there; K
-/// (rotated as append_kv rotates it: the same f32 sums and rounding) and V rounded to T straight
-/// into the owner slot at position context[r] - 1 of sequence r (row r is sequence r's new token),
-/// so no f32 K/V rows and no append kernel. A sequence whose context is outside [1, capacity]
-/// writes nothing to the cache, as append_kv.
-/// qkv: [rows, qkv_ld] (q_dim + 2 kv_heads head_dim used); q: [rows, q_dim]
-template <class T, class View>
-__global__ void __launch_bounds__(row_threads) qkv_split_append_kernel(const float* __restrict__ qkv, int qkv_ld,
-                                                                       const float* __restrict__ bias, int q_dim,
-                                                                       int head_dim,
-                                                                       const std::int32_t* __restrict__ context,
-                                                                       const rope_table rope, T* __restrict__ q,
-                                                                       const View kv) {
-  mlkv::cuda::detail::pdl_wait();
-  mlkv::cuda::detail::pdl_launch_dependents();
-  const int r = blockIdx.x;
-  const float* row = qkv + static_cast<std::size_t>(r) * qkv_ld;
-  const int ctx = context[r];
-  const int cap = mlkv::cuda::detail::device_capacity(kv, r);
-  const int p = ctx - 1;
-  const int half = rope.rotary_dims / 2;
-  // Element e of a head (d: its index there) of src + b at position p, rotated. Both loads are
-  // unconditional (the partner is e itself outside the rotary dims): loads under a branch are
-  // serialised with their uses, a memory round trip each.
-  auto rotate = [&](const float* __restrict__ src, const float* __restrict__ b, int e, int d) {
-    const int pe = d < half ? e + half : (d < 2 * half ? e - half : e);
-    float x = src[e] + b[e];
-    const float y = src[pe] + b[pe];
-    if (d < 2 * half) {
-      // rope.hpp's arithmetic: products and sums rounded separately.
-      const float angle = __fmul_rn(static_cast<float>(p), rope.inv_freq[d < half ? d : d - half]);
-      float sn, cs;
-      sincosf(angle, &sn, &cs);
-      x = d < half ? __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn)) : __fadd_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
-    }
-    return x;
-  };
-  std::uint16_t* qo = reinterpret_cast<std::uint16_t*>(q) + static_cast<std::size_t>(r) * q_dim;
-#pragma unroll 4
-  for (int e = threadIdx.x; e < q_dim; e += blockDim.x) qo[e] = mlkv::cuda::detail::to_bits<T>(rotate(row, bias, e, e % head_dim));
-  if (ctx < 1 || ctx > cap) return;
-  const int kv_dim = kv.kv_heads * head_dim;
-  // The view hands out const rows because attention only reads; this layer owns the slot.
-  std::uint16_t* const kd = reinterpret_cast<std::uint16_t*>(const_cast<T*>(mlkv::cuda::detail::kbase(kv)));
-  std::uint16_t* const vd = reinterpret_cast<std::uint16_t*>(const_cast<T*>(mlkv::cuda::detail::vbase(kv)));
-  const float* krow = row + q_dim;
-  const float* kb = bias + q_dim;
-  for (int e = threadIdx.x; e < kv_dim; e += blockDim.x) {
-    const int h = e / head_dim;
-    const int d = e - h * head_dim;
-    const float vv = krow[kv_dim + e] + kb[kv_dim + e];
-    const std::size_t off = kv.offset(r, h, p) + static_cast<std::size_t>(d);
-    kd[off] = mlkv::cuda::detail::to_bits<T>(rotate(krow, kb, e, d));
-    vd[off] = mlkv::cuda::detail::to_bits<T>(vv);
-  }
-}
-
 __device__ __forceinline__ float activate(io::activation a, float x) {
   switch (a) {
     case io::activation::gelu_tanh: {
