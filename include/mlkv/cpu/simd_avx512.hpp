@@ -52,6 +52,7 @@ struct ops {
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;  // VPMOVDW + VCVTPH2PS split the transposed f16 pairs
   static constexpr bool f16_pair_scores = true;  // kt_f16_pairs: few queries per KV head
+  static constexpr bool sum_lanes_fast = true;   // kt_rows_*: one query per KV head
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
@@ -166,6 +167,24 @@ struct ops {
   static MLKV_SIMD_INLINE void split_f16(vi x, vf& even, vf& odd) {
     even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(x));
     odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(x, 16)));
+  }
+
+  /// Lane i of the result: the sum of the lanes of v[i] (45 operations for 16 vectors: adds of
+  /// interleaved pairs within 128-bit lanes, then across them).
+  static MLKV_SIMD_INLINE vf sum_lanes(const vf (&v)[16]) {
+    vf t[8], u[4];
+    MLKV_UNROLL
+    for (int k = 0; k < 8; ++k) {  // t[k], lane L: (v[2k].0+2, v[2k+1].0+2, v[2k].1+3, v[2k+1].1+3)
+      t[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+    }
+    MLKV_UNROLL
+    for (int k = 0; k < 4; ++k) {  // u[k], lane L: the lane-L sums of v[4k..4k+3]
+      const __m512d a = _mm512_castps_pd(t[2 * k]), b = _mm512_castps_pd(t[2 * k + 1]);
+      u[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const vf a = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xee));
+    const vf b = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xee));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
   }
 
   /// In-place transpose of 16 x 16 32-bit elements: r[i][j] -> r[j][i] (64 shuffles).

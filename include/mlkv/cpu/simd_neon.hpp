@@ -35,6 +35,7 @@ struct ops {
   static constexpr bool bf16_dot = false;
   static constexpr bool f16_pairs = true;
   static constexpr bool f16_pair_scores = false;
+  static constexpr bool sum_lanes_fast = false;
 
   /// Prefetches the line at p into L2 (an asm statement: GCC may delete a loop of nothing but
   /// __builtin_prefetch calls).
