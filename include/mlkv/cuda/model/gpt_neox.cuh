@@ -919,19 +919,17 @@ class cuda_model {
   /// The LayerNorm kernel with the fewest values per thread that hold a row.
   void ln(int rows, const model_detail::residual_ln_params<A>& p) {
     const int per = (H_ + model_detail::row_threads - 1) / model_detail::row_threads;
-    // The adds as a compile-time mode (every call of the model passes each add with its bias).
+    // The adds as a compile-time mode: every call of the model passes each add with its bias.
     const bool a1 = p.add1 != nullptr && p.bias1 != nullptr, a2 = p.add2 != nullptr && p.bias2 != nullptr;
     const int mode = p.add1 == nullptr && p.add2 == nullptr ? 0
                      : a1 && p.add2 == nullptr              ? 1
                      : a1 && a2                             ? 2
                                                             : -1;
-    const bool fixed = mode >= 0;  // otherwise the kernel with run-time adds
+    if (mode < 0) ::mlkv::detail::fail("residual LayerNorm: every add comes with its bias, and add2 only after add1");
     auto go = [&](auto k) {
       constexpr int PER = decltype(k)::value;
       const dim3 grid(static_cast<unsigned>(rows)), block(model_detail::row_threads);
-      if (!fixed) {
-        detail::launch_pdl(model_detail::residual_ln_kernel<A, PER>, grid, block, 0, stream_, true, p);
-      } else if (mode == 0) {
+      if (mode == 0) {
         detail::launch_pdl(model_detail::residual_ln_fixed_kernel<A, PER, 0>, grid, block, 0, stream_, true, p);
       } else if (mode == 1) {
         detail::launch_pdl(model_detail::residual_ln_fixed_kernel<A, PER, 1>, grid, block, 0, stream_, true, p);

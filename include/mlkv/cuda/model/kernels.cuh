@@ -99,65 +99,10 @@ struct residual_ln_params {
 
 /// x += adds (in the CPU model's order), then out1 = LN1(x), out2 = LN2(x) (biased variance,
 /// as torch.nn.LayerNorm; mean and variance in two passes over the row held in registers).
-template <class A, int PER>
-__global__ void __launch_bounds__(row_threads) residual_ln_kernel(const residual_ln_params<A> p) {
-  mlkv::cuda::detail::pdl_wait();
-  mlkv::cuda::detail::pdl_launch_dependents();
-  __shared__ float red[row_threads / 32];
-  const int row = blockIdx.x;
-  const int src = p.src != nullptr ? p.src[row] : row;
-  const int H = p.hidden;
-  float* xr = p.x + static_cast<std::size_t>(src) * H;
-  float v[PER];
-  float sum = 0.f;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int i = threadIdx.x + j * row_threads;
-    float val = 0.f;
-    if (i < H) {
-      val = xr[i];
-      if (p.add1 != nullptr) {
-        const std::size_t o = static_cast<std::size_t>(src) * H + i;
-        float a1 = p.add1[o];
-        if (p.bias1 != nullptr) a1 += p.bias1[i];
-        if (p.add2 != nullptr) {
-          float a2 = p.add2[o];
-          if (p.bias2 != nullptr) a2 += p.bias2[i];
-          a1 = a2 + a1;
-        }
-        val = a1 + val;
-        xr[i] = val;
-      }
-    }
-    v[j] = val;
-    sum += val;
-  }
-  const float mean = block_sum(sum, red) / static_cast<float>(H);
-  float sq = 0.f;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int i = threadIdx.x + j * row_threads;
-    if (i < H) sq += (v[j] - mean) * (v[j] - mean);
-  }
-  const float var = block_sum(sq, red) / static_cast<float>(H);
-  const float inv = rsqrtf(var + p.eps);
-  A* o1 = p.out1 + static_cast<std::size_t>(row) * H;
-  A* o2 = p.out2 != nullptr ? p.out2 + static_cast<std::size_t>(row) * H : nullptr;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int i = threadIdx.x + j * row_threads;
-    if (i < H) {
-      const float n = (v[j] - mean) * inv;
-      store_act(o1 + i, n * p.w1[i] + p.b1[i]);
-      if (o2 != nullptr) store_act(o2 + i, n * p.w2[i] + p.b2[i]);
-    }
-  }
-}
-
-/// residual_ln_kernel with the adds fixed at compile time (MODE 0: none; 1: add1 + bias1; 2: both
-/// adds and biases) and every load unconditional (indices clamped to the row, only the stores
-/// predicated), so a thread's loads are all in flight at once: a load under a run-time branch
-/// waits for the loads before it, one memory round trip per value. Same arithmetic.
+/// The adds are fixed at compile time (MODE 0: none; 1: add1 + bias1; 2: both adds and biases)
+/// and every load is unconditional (indices clamped to the row, only the stores predicated), so
+/// a thread's loads are all in flight at once: a load under a run-time branch waits for the
+/// loads before it, one memory round trip per value.
 template <class A, int PER, int MODE>
 __global__ void __launch_bounds__(row_threads) residual_ln_fixed_kernel(const residual_ln_params<A> p) {
   mlkv::cuda::detail::pdl_wait();
