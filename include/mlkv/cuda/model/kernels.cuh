@@ -97,6 +97,30 @@ struct residual_ln_params {
   float eps = 1e-5f;
 };
 
+/// This thread's LayerNorm weights and biases of a row (values threadIdx.x + j * row_threads),
+/// loaded unconditionally (indices clamped to the row) so that all are in flight at once.
+template <int PER>
+__device__ __forceinline__ void ln_affine_load(const float* w, const float* b, int H, float (&wv)[PER], float (&bv)[PER]) {
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i0 = threadIdx.x + j * row_threads;
+    const int i = i0 < H ? i0 : H - 1;
+    wv[j] = w[i];
+    bv[j] = b[i];
+  }
+}
+
+/// out[i] = (v - mean) * inv * w + b for this thread's values of a row.
+template <class A, int PER>
+__device__ __forceinline__ void ln_store(const float (&v)[PER], float mean, float inv, const float (&w)[PER],
+                                         const float (&b)[PER], int H, A* out) {
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * row_threads;
+    if (i < H) store_act(out + i, (v[j] - mean) * inv * w[j] + b[j]);
+  }
+}
+
 /// x += adds (in the CPU model's order), then out1 = LN1(x), out2 = LN2(x) (biased variance,
 /// as torch.nn.LayerNorm; mean and variance in two passes over the row held in registers).
 /// The adds are fixed at compile time (MODE 0: none; 1: add1 + bias1; 2: both adds and biases)
@@ -147,35 +171,13 @@ __global__ void __launch_bounds__(row_threads) residual_ln_fixed_kernel(const re
     if (i < H) sq += (v[j] - mean) * (v[j] - mean);
   }
   float w[PER], b[PER];
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int i0 = threadIdx.x + j * row_threads;
-    const int i = i0 < H ? i0 : H - 1;
-    w[j] = p.w1[i];
-    b[j] = p.b1[i];
-  }
+  ln_affine_load<PER>(p.w1, p.b1, H, w, b);  // before the second reduction: in flight during it
   const float var = block_sum(sq, red) / static_cast<float>(H);
   const float inv = rsqrtf(var + p.eps);
-  A* o1 = p.out1 + static_cast<std::size_t>(row) * H;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int i = threadIdx.x + j * row_threads;
-    if (i < H) store_act(o1 + i, (v[j] - mean) * inv * w[j] + b[j]);
-  }
+  ln_store<A, PER>(v, mean, inv, w, b, H, p.out1 + static_cast<std::size_t>(row) * H);
   if (p.out2 != nullptr) {
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int i0 = threadIdx.x + j * row_threads;
-      const int i = i0 < H ? i0 : H - 1;
-      w[j] = p.w2[i];
-      b[j] = p.b2[i];
-    }
-    A* o2 = p.out2 + static_cast<std::size_t>(row) * H;
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int i = threadIdx.x + j * row_threads;
-      if (i < H) store_act(o2 + i, (v[j] - mean) * inv * w[j] + b[j]);
-    }
+    ln_affine_load<PER>(p.w2, p.b2, H, w, b);
+    ln_store<A, PER>(v, mean, inv, w, b, H, p.out2 + static_cast<std::size_t>(row) * H);
   }
 }
 
