@@ -461,8 +461,9 @@ int main(int argc, char** argv) {
   mlkv::cpu::thread_pool pool(o.threads);
   const int T = pool.concurrency();
   const std::string machine = machine_description(T);
-  std::printf("machine: %s\npath: %s (best here: %s)\n", machine.c_str(), std::string(mlkv::cpu::name_of(o.path)).c_str(),
-              std::string(mlkv::cpu::name_of(mlkv::cpu::best_isa())).c_str());
+  std::printf("machine: %s\npath: %s (best here: %s; VDPBF16PS over FMA, FLOP rate: %.2fx)\n", machine.c_str(),
+              std::string(mlkv::cpu::name_of(o.path)).c_str(), std::string(mlkv::cpu::name_of(mlkv::cpu::best_isa())).c_str(),
+              mlkv::cpu::bf16_dot_gain());
 
   // Limits, measured now, on every thread at once.
   double bw = measure_read_gbps(pool, o.quick ? (std::size_t{512} << 20) : (std::size_t{2} << 30), o.quick ? 3 : 6);
@@ -578,6 +579,7 @@ int main(int argc, char** argv) {
   f << "  \"compute_gflops_limit\": " << fma_peak << ",\n";
   f << "  \"bf16_dot_gflops_limit\": " << dot_peak << ",\n";
   f << "  \"isa\": \"" << mlkv::cpu::name_of(o.path) << "\",\n";
+  f << "  \"bf16_dot_gain\": " << mlkv::cpu::bf16_dot_gain() << ",\n";
   f << "  \"quick\": " << (o.quick ? "true" : "false") << ",\n";
   f << "  \"kv_memory\": \"K and V buffers laid out as the contiguous cache's slot, 2 MiB aligned, "
        "madvise(MADV_HUGEPAGE)\",\n";
