@@ -590,6 +590,9 @@ struct decode_plan {
 /// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
 /// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
+/// The 32-row tiles (MT = 2, groups of 17-32 query heads) aim at one CTA per SM instead, and may
+/// split in two: each CTA carries twice the rows (NOTES.md v7: 32:1 d128 at batch 16 and 64,
+/// 1.7-11% faster than at two CTAs per SM from 4096 tokens on).
 /// bench/cuda's sweep over forced splits (NOTES.md, v3) found the best split of every measured
 /// shape within one power of two of this rule, and a cost model (tail of long CTAs, per-CTA
 /// streaming rate) that chose otherwise lost up to 35%.
@@ -602,9 +605,10 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
              static_cast<std::size_t>(pl.head_blocks);
   const int tiles = (ab.max_context + Cfg::tile - 1) / Cfg::tile;
   const kernel_occupancy occ = decode_occupancy<T, D, MT, Cfg, View>();
-  const std::size_t want = std::max<std::size_t>(1, 2u * static_cast<std::size_t>(occ.sms) / pl.items);
+  const std::size_t per_sm = MT == 1 ? 2u : 1u;
+  const std::size_t want = std::max<std::size_t>(1, per_sm * static_cast<std::size_t>(occ.sms) / pl.items);
   int s = static_cast<int>(std::min<std::size_t>(want, 64));
-  if (s == 2) s = 1;
+  if (s == 2 && MT == 1) s = 1;
   s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
