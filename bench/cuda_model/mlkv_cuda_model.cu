@@ -3,7 +3,7 @@
 //   mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context 2048]
 //                         [--mem-frac 0.8] [--out FILE.json]
 //                         [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]
-//                         [--branch-sms N] [--branch-priority -1|0|1]
+//                         [--branch-sms N] [--branch-priority -1|0|1] [--kv-evict-first 0|1]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
 //       cache in pages of 64 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
@@ -14,7 +14,9 @@
 //       branch after the attention branch), --decode-splits (decode attention's split, forced),
 //       --logits-chunk (cuda_model_options::logits_chunk; default 512: one logits GEMM over the
 //       output embedding at batch 512), --branch-sms (cuda_model_options::branch_sms),
-//       --branch-priority (model_detail::branch_priority: -1 by batch, 0 off, 1 on).
+//       --branch-priority (model_detail::branch_priority: -1 by batch, 0 off, 1 on),
+//       --kv-evict-first (model_detail::kv_evict_first: decode K/V copies with an L2 evict-first
+//       policy; 0: off, as before v7, NOTES.md).
 //       (The v4 comparisons of NOTES.md also switched the pre-v4 kernels in; those paths were
 //       removed once v4 was kept.)
 //   mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX
@@ -48,7 +50,7 @@ using namespace mlkv;
                "usage: mlkv-cuda-model bench [--configs NAME,...] [--batches 1,16,128,512,max] [--context N]\n"
                "                             [--mem-frac F] [--out FILE.json] [--steps N] [--no-bw]\n"
                "                             [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]\n"
-               "                             [--branch-sms N] [--branch-priority -1|0|1]\n"
+               "                             [--branch-sms N] [--branch-priority -1|0|1] [--kv-evict-first 0|1]\n"
                "       mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX\n",
                why.c_str());
   std::exit(2);
@@ -296,6 +298,7 @@ int bench_main(int argc, char** argv) {
     else if (a == "--branch-sms") o.branch_sms = std::atoi(next().c_str());
     else if (a == "--branch-priority") cuda::model_detail::branch_priority.store(std::atoi(next().c_str()));
     else if (a == "--decode-splits") cuda::detail::decode_force_splits.store(std::atoi(next().c_str()));
+    else if (a == "--kv-evict-first") cuda::model_detail::kv_evict_first.store(std::atoi(next().c_str()));
     else usage("unknown argument " + a);
   }
   if (o.context < 2 || o.context > 1 << 20) usage("--context must be in [2, 1048576]");

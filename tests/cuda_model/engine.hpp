@@ -37,6 +37,8 @@ struct engine_options {
   int logits_chunk = 256;
   /// mlkv::cuda::model_detail::branch_priority for this engine's decode graphs (-1: by batch size)
   int branch_priority = -1;
+  /// mlkv::cuda::detail::decode_force_splits for this engine's decode calls (0: the plan's split)
+  int decode_splits = 0;
 };
 
 /// A CUDA model loaded from a checkpoint directory with its own device cache and stream.

@@ -28,9 +28,11 @@ class gpu_engine final : public engine {
                                                   .max_context = o.max_context, .logits_chunk = o.logits_chunk},
                stream_) {
     mlkv::cuda::model_detail::branch_priority.store(o.branch_priority);  // read when a graph is made
+    mlkv::cuda::detail::decode_force_splits.store(o.decode_splits);     // read when a decode is launched
   }
   ~gpu_engine() override {
     cudaStreamSynchronize(stream_);
+    mlkv::cuda::detail::decode_force_splits.store(0);
   }
 
   int add() override {

@@ -64,12 +64,12 @@ struct cpu_side {
 
 /// Writes a random model of geometry S (f32 file) into dir.
 mlkv::io::gpt_neox_config write_model(const mlkv::model_shape& s, const std::string& dir, std::uint64_t seed,
-                                      bool parallel) {
+                                      bool parallel, int max_pos = 256) {
   // The sequential-residual models get an MLP width that is not a multiple of 64, which the CUDA
   // model pads with zeros (the paper's converter makes such widths).
   const int inter = 4 * s.q_heads * s.head_dim - (parallel ? 0 : 20);
   auto cfg = mlkv_test::small_config(s, /*vocab=*/384, inter);
-  cfg.max_position_embeddings = 256;
+  cfg.max_position_embeddings = max_pos;
   cfg.rotary_pct = 0.25;
   cfg.use_parallel_residual = parallel;
   cfg.validate();
@@ -236,6 +236,66 @@ TEST_CASE("CUDA model matches the CPU model: decode graphs with branch prioritie
   // high-priority stream: force it, on a parallel-residual model (the MLP branch beside it).
   run_scenario<geometry<1>>(true, true, 2, 1);
   run_scenario<geometry<2>>(false, true, 256, 1);
+}
+
+/// Long contexts (several decode tiles per CTA, K/V streamed evict-first, NOTES.md v7), with the
+/// decode plan's split or one CTA per sequence: logits against the CPU model.
+template <mlkv::model_shape S>
+void run_long_context(bool bf16, int decode_splits) {
+  const std::uint64_t seed = mlkv_test::fresh_seed();
+  INFO("geometry L=" << S.layers << " Hkv=" << S.kv_heads << " Lkv=" << S.kv_layers << (bf16 ? " bf16" : " f32/f16")
+                     << " splits " << decode_splits << " seed=" << seed);
+  mlkv_test::temp_dir dir;
+  write_model(S, dir.path.string(), seed, true, 1024);
+  cpu_side<S> cpu(dir.path.string());
+  engine_options eo;
+  eo.bf16 = bf16;
+  eo.pages = 128;
+  eo.max_batch = 2;
+  eo.max_rows = 512;
+  eo.max_context = 1024;
+  eo.decode_splits = decode_splits;
+  auto gpu = make_engine(dir.path.string(), eo);
+  const int V = gpu->vocab();
+  const double bound = bf16 ? bf16_bound : f32_bound;
+  mlkv_test::rng r(seed);
+  std::vector<int> cs, gs;
+  for (const int n : {300, 421}) {
+    cs.push_back(cpu.add()), gs.push_back(gpu->add());
+    std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+    for (auto& x : t) x = r.integer(0, V - 1);
+    cpu.forward({cs.back()}, {0, n}, t, logits_rows::none, nullptr);
+    gpu->forward({gs.back()}, {0, n}, t, logits_rows::none, nullptr);
+  }
+  std::vector<std::int32_t> next{r.integer(0, V - 1), r.integer(0, V - 1)};
+  double worst = 0.0;
+  for (int step = 0; step < 4; ++step) {
+    std::vector<float> w(2u * V), g(2u * V, NAN);
+    std::vector<std::int32_t> gnext(2, -1);
+    cpu.forward(cs, {0, 1, 2}, next, logits_rows::last, w.data());
+    gpu->decode(gs, next, g.data(), gnext.data());
+    for (int b = 0; b < 2; ++b) {
+      const auto gr = slice(g, b, V), wr = slice(w, b, V);
+      const double e = mlkv_test::rel_err(gr, wr);
+      worst = std::max(worst, e);
+      INFO("step " << step << " row " << b << " error " << e);
+      CHECK(e <= bound);
+      const int want = argmax(wr.data(), V);
+      if (margin(wr.data(), V) > 2 * e + 1e-6) CHECK(gnext[static_cast<std::size_t>(b)] == want);
+      next[static_cast<std::size_t>(b)] = want;
+    }
+  }
+  if (std::getenv("MLKV_TEST_VERBOSE")) {
+    std::printf("cuda model long context L=%d Hkv=%d Lkv=%d %s splits %d: worst error %.3g (bound %.3g)\n",
+                S.layers, S.kv_heads, S.kv_layers, bf16 ? "bf16" : "f32/f16", decode_splits, worst, bound);
+  }
+}
+
+TEST_CASE("CUDA model matches the CPU model: long contexts, several tiles per decode CTA") {
+  run_long_context<geometry<2>>(true, 0);
+  run_long_context<geometry<2>>(false, 1);
+  run_long_context<geometry<1>>(true, 1);
+  run_long_context<geometry<1>>(false, 0);
 }
 
 TEST_CASE("CUDA model: bad input is refused and leaves the cache as it was") {

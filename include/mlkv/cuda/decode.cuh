@@ -42,16 +42,39 @@ struct decode_cfg {
   static constexpr bool prefetch256 = Prefetch256;
 };
 
-/// cp_async_16 with the decode config's L2 prefetch hint.
+/// cp_async_16 with the decode config's L2 prefetch hint, and with `policy` (an L2 cache policy
+/// from createpolicy) when `hinted` (a value uniform over the CTA).
 template <class Cfg>
-__device__ __forceinline__ void cp_async_16_kv(std::uint32_t dst, const void* src, bool valid) {
-  if constexpr (Cfg::prefetch256) {
+__device__ __forceinline__ void cp_async_16_kv(std::uint32_t dst, const void* src, bool valid, bool hinted = false,
+                                               std::uint64_t policy = 0) {
+  if (hinted) {
+    if constexpr (Cfg::prefetch256) {
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+                   "r"(valid ? 16 : 0), "l"(policy)
+                   : "memory");
+    } else {
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+                   "r"(valid ? 16 : 0), "l"(policy)
+                   : "memory");
+    }
+  } else if constexpr (Cfg::prefetch256) {
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
                  : "memory");
   } else {
     cp_async_16(dst, src, valid);
   }
 }
+
+/// An L2 policy under which the lines a copy brings in are the first evicted (streamed K/V that
+/// nothing reads again soon: the activations beside them stay in L2).
+__device__ __forceinline__ std::uint64_t l2_evict_first_policy() {
+  std::uint64_t pol = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+#endif
+  return pol;
+}
+
 /// The default shape per head dim (bench/cuda sweep, NOTES.md v3): head dim 64, 8 warps x 2 stages
 /// of 128 tokens (74 KB, three CTAs per SM); larger head dims, 4 warps x 3-4 stages of 64 tokens.
 /// The copies carry the L2::256B prefetch hint (NOTES.md v6: 0.7-1.7% faster on every large batch).
@@ -68,6 +91,13 @@ __host__ __device__ constexpr std::size_t decode_smem_bytes() {
 /// Benchmarking knobs (bench/cuda only): force the number of splits (0: the plan's), and turn
 /// programmatic dependent launch off (pdl_enabled in common.cuh).
 inline std::atomic<int> decode_force_splits{0};
+
+/// How a decode call streams its K/V (the CUDA model's choice, NOTES.md v7 of bench/cuda_model):
+/// `evict_first` gives the K/V copies an L2 evict-first policy, so that K/V read once leaves the
+/// L2 to the activations and weights of the step around the kernel.
+struct decode_walk {
+  int evict_first = 0;
+};
 
 /// Fused Q/K/V split of the CUDA model's decode steps (decode_attention_qkv): the kernel takes its
 /// query rows from the f32 Q/K/V projection of the new tokens (bias added, rotary applied at
@@ -116,6 +146,7 @@ struct decode_params {
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
   float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
   decode_fused_qkv fq;  // the fused kernel's inputs (q unused then)
+  decode_walk walk;
 };
 
 template <class T, class View>
@@ -183,6 +214,8 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   const int t1 = min(ctx, t0 + p.chunk);
   const int nsplit = (ctx + p.chunk - 1) / p.chunk;
   const int ntiles = (t1 - t0 + N - 1) / N;
+  const bool hinted = p.walk.evict_first != 0;
+  const std::uint64_t policy = hinted ? l2_evict_first_policy() : 0;
 
   // Q rows of this head block (zero rows past the group); fused: computed below, after the first
   // tiles' copies are on their way.
@@ -218,8 +251,8 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
       const int tok = base + r;
       const bool ok = tok < t1;
       const std::size_t off = decode_row_offset(p.kv, b, hk, ok ? tok : t0, pg[it]) + static_cast<std::size_t>(c * 8);
-      cp_async_16_kv<Cfg>(smem_addr(sK + (stage * N + r) * LD + c * 8), kb + off, ok);
-      cp_async_16_kv<Cfg>(smem_addr(sV + (stage * N + r) * LD + c * 8), vb + off, ok);
+      cp_async_16_kv<Cfg>(smem_addr(sK + (stage * N + r) * LD + c * 8), kb + off, ok, hinted, policy);
+      cp_async_16_kv<Cfg>(smem_addr(sV + (stage * N + r) * LD + c * 8), vb + off, ok, hinted, policy);
     }
   };
   fetch_pages(0);
@@ -657,7 +690,7 @@ void check_workspace_args(const View& kv, int q_heads, const attention_batch& ab
 template <class T, int D, int MT, class Cfg, class View>
 void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attention_batch& ab, float scale,
                    void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
-                   const decode_fused_qkv* fused = nullptr) {
+                   const decode_fused_qkv* fused = nullptr, const decode_walk& walk = {}) {
   const decode_plan pl = make_decode_plan<T, D, MT, Cfg>(kv, q_heads, ab);
   MLKV_CHECK(workspace_bytes >= pl.workspace, "decode workspace holds ", workspace_bytes, " bytes; this call needs ",
              pl.workspace, " (decode_workspace_bytes)");
@@ -674,6 +707,7 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.chunk = pl.chunk;
   p.max_splits = pl.splits;
   p.scale_log2 = scale * 1.4426950408889634f;
+  p.walk = walk;
   p.part_o = static_cast<float*>(workspace);
   p.part_lse = pl.workspace != 0
                    ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
@@ -755,7 +789,7 @@ namespace detail {
 template <class View>
 void decode_attention_qkv(const View& kv, int q_heads, const decode_fused_qkv& fq, typename View::value_type* out,
                           const attention_batch& ab, float scale, void* workspace, std::size_t workspace_bytes,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, const decode_walk& walk = {}) {
   using T = typename View::value_type;
   static_assert(is_cuda_storage_v<T>, "mlkv: CUDA caches store mlkv::f16 or mlkv::bf16");
   check_decode_args(kv, q_heads, out, out, ab, scale);  // q is not read (out stands in for its checks)
@@ -770,7 +804,8 @@ void decode_attention_qkv(const View& kv, int q_heads, const decode_fused_qkv& f
   with_decode_config(kv, q_heads, [&](auto d, auto mt) {
     constexpr int D = decltype(d)::value;
     decode_launch<T, D, decltype(mt)::value, decode_default_cfg<D>>(kv, q_heads, static_cast<const T*>(nullptr), out,
-                                                                   ab, scale, workspace, workspace_bytes, stream, &fq);
+                                                                   ab, scale, workspace, workspace_bytes, stream, &fq,
+                                                                   walk);
   });
 }
 

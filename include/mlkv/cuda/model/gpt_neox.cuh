@@ -14,6 +14,9 @@
 ///     fused form (detail::decode_attention_qkv): it takes the queries from the f32 Q/K/V
 ///     projection (bias, rotary) and on owner layers writes the new token's K (rotated) and V
 ///     into the cache itself, so a decode step has no split kernel;
+///   - in decode steps the K/V copies carry an L2 evict-first policy: the K/V of a layer is read
+///     once, and the activations and weights of the kernels around the decode kernel stay in the
+///     L2 instead (NOTES.md v7 of bench/cuda_model: -40 to -57 us per step at batch 512);
 ///   - with the parallel residual, a decode step's MLP runs on a second stream of the model's,
 ///     beside the attention branch (both read the layer's LayerNorms; the next layer waits for
 ///     both), so the MLP's GEMMs hide under the attention's latency; its GEMMs are planned for
@@ -89,6 +92,10 @@ namespace model_detail {
 /// priorities); -1: when the batch has at least priority_min_batch rows, 0: never, 1: always.
 inline std::atomic<int> branch_priority{-1};
 inline constexpr int priority_min_batch = 64;
+/// Benchmark knob (NOTES.md v7): decode steps stream the K/V with an L2 evict-first policy, so that
+/// the activations and weights of the step stay in the L2; -1 or 1: yes, 0: no. Read when a graph
+/// is made.
+inline std::atomic<int> kv_evict_first{-1};
 }  // namespace model_detail
 
 /// Device memory owned by one object (cudaFree on destruction; never throws there).
@@ -974,6 +981,10 @@ class cuda_model {
     const bool branch = decode && parallel && opt_.gemm_algos > 0;
     detail::launch_pdl(model_detail::embed_kernel<W>, dim3(static_cast<unsigned>(R)), dim3(model_detail::row_threads), 0,
                stream_, true, tokens, embed_in_, H_, V_, x);
+    // Decode: the K/V, read once per layer, streams through the L2 evict-first, so that the
+    // step's activations and the next kernels' weights stay there (NOTES.md v7).
+    detail::decode_walk walk{};
+    walk.evict_first = model_detail::kv_evict_first.load(std::memory_order_relaxed) != 0 ? 1 : 0;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const layer_ptrs& L = layers_[l];
       const layer_ptrs* P = l > 0 ? &layers_[l - 1] : nullptr;
@@ -1009,7 +1020,7 @@ class cuda_model {
         fq.rotary_dims = rt_.rotary_dims;
         for (int i = 0; i < rt_.rotary_dims / 2; ++i) fq.inv_freq[i] = rt_.inv_freq[i];
         detail::decode_attention_qkv(view, shape_.q_heads, fq, att, ab, scale, dec_ws_.get(), dec_ws_.bytes(),
-                                     stream_);
+                                     stream_, walk);
       } else {
         const int kvd = L.owner ? kvd_ : 0;
         detail::launch_pdl(model_detail::qkv_split_kernel<T>, dim3(static_cast<unsigned>(R)),
