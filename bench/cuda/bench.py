@@ -15,6 +15,7 @@ import argparse
 import ctypes
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -42,6 +43,10 @@ def load_lib(path):
     lib.mlkv_bench_tune.argtypes = [i32, i32, i32, i32]
     lib.mlkv_bench_tune.restype = None
     lib.mlkv_bench_prefill.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, vp, i32, i32, i32, f32, vp]
+    lib.mlkv_bench_tune_decode_early.argtypes = [i32]
+    lib.mlkv_bench_tune_decode_early.restype = None
+    # MLKV_DECODE_EARLY=0: decode's split kernel starts plainly (NOTES.md v8), for A/B runs.
+    lib.mlkv_bench_tune_decode_early(int(os.environ.get("MLKV_DECODE_EARLY", "1")))
     return lib
 
 

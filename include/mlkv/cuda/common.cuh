@@ -148,7 +148,8 @@ inline std::atomic<int> pdl_enabled{1};
 
 /// Launches `kernel` on `stream`; with `programmatic`, on sm_90 and later, with programmatic
 /// dependent launch: the kernel may start while the previous kernel of the stream finishes, so it
-/// must call pdl_wait() before its first global memory access (every mlkv kernel does).
+/// must call pdl_wait() before its first global memory access (every mlkv kernel does; only L2
+/// prefetches of addresses known on the host, prefetch_l2_bulk, come before it).
 template <class... Params, class... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
                 bool programmatic, Args&&... args) {
@@ -292,6 +293,15 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+/// Prefetches `bytes` (a multiple of 16) at p (16-byte aligned) into the L2 with one bulk request
+/// (sm_90; nothing before). A hint without data, so legal before pdl_wait(): the L2 is where every
+/// SM's writes land (a line the previous kernel writes afterwards is updated there), and the reads
+/// after the wait that find it there bypass the L1 (cp.async.cg).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 

@@ -91,6 +91,9 @@ __host__ __device__ constexpr std::size_t decode_smem_bytes() {
 /// Benchmarking knobs (bench/cuda only): force the number of splits (0: the plan's), and turn
 /// programmatic dependent launch off (pdl_enabled in common.cuh).
 inline std::atomic<int> decode_force_splits{0};
+/// Benchmarking knob (bench/cuda only): 0 turns off the early start of contiguous views' split
+/// kernels (programmatic launch and the L2 prefetch of their first tiles before the wait).
+inline std::atomic<int> decode_early_start{1};
 
 /// How a decode call streams its K/V (the CUDA model's choice, NOTES.md v7 of bench/cuda_model):
 /// `evict_first` gives the K/V copies an L2 evict-first policy, so that K/V read once leaves the
@@ -146,6 +149,8 @@ struct decode_params {
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
   float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
   decode_fused_qkv fq;  // the fused kernel's inputs (q unused then)
+  int early_rows;       // contiguous view: rows of K and V from each split's start prefetched into
+                        // the L2 before pdl_wait() (the kernel then starts behind the previous one)
   decode_walk walk;
 };
 
@@ -194,6 +199,22 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   std::uint16_t* const sK = sQ + RB * LD;                            // [ST][N][LD]
   std::uint16_t* const sV = sK + ST * N * LD;                        // [ST][N][LD]
 
+  if constexpr (std::is_same_v<View, contiguous_slot_view<T>>) {
+    // Started early (programmatic dependent launch) behind the previous kernel of the stream: the
+    // first tiles' K and V rows head for the L2 while it finishes. Their addresses come from the
+    // host (view and plan), not from device memory: the lengths are read after the wait, so a
+    // split past its sequence's end prefetches rows it will not read (within the capacity).
+    if (p.early_rows > 0 && threadIdx.x == 0 && static_cast<int>(blockIdx.y) % p.head_blocks == 0 &&
+        static_cast<int>(blockIdx.z) < p.kv.batch) {
+      const int r0 = static_cast<int>(blockIdx.x) * p.chunk, r1 = min(p.kv.capacity, r0 + min(p.chunk, p.early_rows));
+      if (r0 < r1) {
+        const std::size_t off = p.kv.offset(static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y) / p.head_blocks, r0);
+        const unsigned bytes = static_cast<unsigned>(r1 - r0) * static_cast<unsigned>(D * sizeof(T));
+        prefetch_l2_bulk(p.kv.k + off, bytes);
+        prefetch_l2_bulk(p.kv.v + off, bytes);
+      }
+    }
+  }
   pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.z, hk = blockIdx.y / p.head_blocks, hb = blockIdx.y - hk * p.head_blocks;
@@ -515,6 +536,9 @@ __global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const d
   constexpr int RB = 16 * MT, C4 = D / 4, G = C4 >= 32 ? 1 : 32 / C4, CW = C4 >= 32 ? (C4 + 31) / 32 : 1;
   __shared__ float s_w[combine_threads / 32][decode_max_splits];
   pdl_wait();  // the split kernel's partials are complete and visible
+  // The next kernel may start now: what it reads or writes waits for this grid's end (pdl_wait);
+  // what it does before that (a split kernel's L2 prefetches) overlaps this one.
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int item = blockIdx.x;
   const int r = blockIdx.y * (combine_threads / 32) + warp;
@@ -712,9 +736,17 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.part_lse = pl.workspace != 0
                    ? p.part_o + pl.items * static_cast<std::size_t>(pl.splits) * (16 * MT) * static_cast<std::size_t>(D)
                    : nullptr;
-  // The split kernel is launched plainly: launched early (programmatic dependent launch), its CTAs
-  // were placed wherever the previous kernel left room and packed onto few SMs (NOTES.md, v3).
+  // A split call over a contiguous view starts its split kernel early (programmatic dependent
+  // launch) and its CTAs prefetch their first tiles into the L2 before they wait for the previous
+  // kernel (NOTES.md v8: 3-18% faster on split calls of 16-row tiles). Not over a paged view (the
+  // addresses need the block table, which the previous kernel may write), nor for unsplit calls
+  // and 32-row tiles: early CTAs are placed wherever the previous kernel leaves room, and a grid
+  // meant as one CTA per SM, or one starting behind a kernel whose CTAs end together, loses more
+  // to that packing than the prefetch brings (v8: 32:1 d128 +17-34%, unsplit 12:4 B64 +3%).
   // The combine kernel follows it with programmatic dependent launch (it waits before reading).
+  const bool early = std::is_same_v<View, contiguous_slot_view<T>> && fused == nullptr && MT == 1 && pl.splits > 1 &&
+                     decode_early_start.load(std::memory_order_relaxed) != 0;
+  p.early_rows = early ? Cfg::stages * Cfg::tile : 0;
   const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
                   static_cast<unsigned>(ab.batch));
   if (fused != nullptr) {
@@ -726,7 +758,7 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
     launch_pdl(kernel, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
   } else {
     launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(),
-               stream, /*programmatic=*/false, p);
+               stream, /*programmatic=*/early, p);
   }
   if (pl.splits > 1) {
     MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
