@@ -202,8 +202,11 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
   std::size_t fixed = w.embed_in.bytes() + w.step_bytes() + static_cast<std::size_t>(chunk) * cfg.vocab_size * 4 +
                       (32u << 20) + (64u << 20);
   const std::size_t per_seq = seq_bytes + per_row + 4 * (pages_per_seq + 8) + 64;
-  int bmax = budget > fixed ? static_cast<int>(std::min<std::size_t>((budget - fixed) / per_seq, 65535)) : 0;
-  if (bmax >= 65535) notes.push_back(std::string(name) + ": largest batch capped at 65535 (the decode grid's limit)");
+  constexpr std::size_t batch_cap = std::size_t{1} << 24;  // cuda_model_options::max_batch's limit
+  int bmax = budget > fixed ? static_cast<int>(std::min<std::size_t>((budget - fixed) / per_seq, batch_cap)) : 0;
+  if (static_cast<std::size_t>(bmax) >= batch_cap) {
+    notes.push_back(std::string(name) + ": largest batch capped at " + std::to_string(batch_cap) + " (the model's limit)");
+  }
   std::vector<int> batches;
   for (const auto& b : o.batches) {
     const int v = b == "max" ? bmax : std::atoi(b.c_str());

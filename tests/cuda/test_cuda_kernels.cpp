@@ -207,6 +207,14 @@ TEST_CASE("CUDA decode over long contexts: split, merged, any group size", "[cud
   long_decode<mha_d96, mlkv::f16>({1500, 2, 63}, 3, false);                // MHA, head dim 96
 }
 
+TEST_CASE("CUDA append and decode over more than 65535 sequences (the grid's limit per launch)", "[cuda]") {
+  // 65535 + 600 sequences of 1-7 tokens: append and decode walk the batch in launches of at most
+  // 65535 sequences; every sequence is checked, those of the second launch included.
+  std::vector<int> contexts(65535 + 600);
+  for (std::size_t b = 0; b < contexts.size(); ++b) contexts[b] = 1 + static_cast<int>((b * 7919u) % 7u);
+  long_decode<mqa_d64, mlkv::bf16>(contexts, 4, false);
+}
+
 TEST_CASE("CUDA prefill of long chunks over a cache (causal, uneven, several row blocks)", "[cuda]") {
   long_prefill<mqa_d64, mlkv::bf16>({1000, 257, 50}, {300, 257, 0}, 16);
   long_prefill<gqa32_8_d128, mlkv::f16>({600, 130}, {200, 1}, 9);

@@ -16,6 +16,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../rope.hpp"
@@ -45,10 +46,10 @@ __device__ __forceinline__ float load_in(const In* p) {
 template <class T, class In, class View>
 __global__ void __launch_bounds__(128) append_kernel(const View kv, const In* __restrict__ k,
                                                      const In* __restrict__ v, const attention_batch ab,
-                                                     const rope_args rope) {
+                                                     const rope_args rope, const int b0) {
   pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   pdl_launch_dependents();
-  const int b = blockIdx.y;
+  const int b = static_cast<int>(blockIdx.y) + b0;
   const int i = blockIdx.x;
   const int ctx = ab.context[b];
   const int first = ab.q_offsets != nullptr ? ab.q_offsets[b] : b;
@@ -104,8 +105,7 @@ void append_kv(const View& kv, const In* k, const In* v, const attention_batch& 
   detail::check_view(kv);
   MLKV_CHECK(kv.head_dim >= 1 && kv.head_dim <= max_head_dim, "head dim (", kv.head_dim, ") must be in [1, ",
              max_head_dim, "]");
-  MLKV_CHECK(ab.batch >= 0 && ab.batch <= kv.batch && ab.batch <= 65535, "append batch (", ab.batch,
-             ") must be in [0, ", kv.batch < 65535 ? kv.batch : 65535, "]");
+  MLKV_CHECK(ab.batch >= 0 && ab.batch <= kv.batch, "append batch (", ab.batch, ") must be in [0, ", kv.batch, "]");
   MLKV_CHECK(ab.max_rows >= 0 && ab.total_rows >= 0, "max rows (", ab.max_rows, ") and total rows (",
              ab.total_rows, ") must not be negative");
   detail::rope_args ra{};
@@ -118,9 +118,13 @@ void append_kv(const View& kv, const In* k, const In* v, const attention_batch& 
   if (ab.batch == 0 || ab.max_rows == 0 || ab.total_rows == 0) return;
   MLKV_CHECK(ab.context != nullptr, "context lengths are null");
   MLKV_CHECK(k != nullptr && v != nullptr, "K or V rows are null");
-  const dim3 grid(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(ab.batch));
-  detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, /*programmatic=*/false, kv, k, v,
-                     ab, ra);
+  // One launch per 65535 sequences (the grid's limit in y).
+  constexpr int max_grid_y = 65535;
+  for (int b0 = 0; b0 < ab.batch; b0 += max_grid_y) {
+    const dim3 grid(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(std::min(max_grid_y, ab.batch - b0)));
+    detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, /*programmatic=*/false, kv, k,
+                       v, ab, ra, b0);
+  }
 }
 
 }  // namespace mlkv::cuda

@@ -151,6 +151,8 @@ struct decode_params {
   decode_fused_qkv fq;  // the fused kernel's inputs (q unused then)
   int early_rows;       // contiguous view: rows of K and V from each split's start prefetched into
                         // the L2 before pdl_wait() (the kernel then starts behind the previous one)
+  int batch0;           // the split kernel's first sequence: blockIdx.z + batch0 (launches of at
+                        // most 65535 sequences, the grid's limit in z)
   decode_walk walk;
 };
 
@@ -204,11 +206,11 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
     // first tiles' K and V rows head for the L2 while it finishes. Their addresses come from the
     // host (view and plan), not from device memory: the lengths are read after the wait, so a
     // split past its sequence's end prefetches rows it will not read (within the capacity).
-    if (p.early_rows > 0 && threadIdx.x == 0 && static_cast<int>(blockIdx.y) % p.head_blocks == 0 &&
-        static_cast<int>(blockIdx.z) < p.kv.batch) {
+    const int seq = static_cast<int>(blockIdx.z) + p.batch0;
+    if (p.early_rows > 0 && threadIdx.x == 0 && static_cast<int>(blockIdx.y) % p.head_blocks == 0 && seq < p.kv.batch) {
       const int r0 = static_cast<int>(blockIdx.x) * p.chunk, r1 = min(p.kv.capacity, r0 + min(p.chunk, p.early_rows));
       if (r0 < r1) {
-        const std::size_t off = p.kv.offset(static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y) / p.head_blocks, r0);
+        const std::size_t off = p.kv.offset(seq, static_cast<int>(blockIdx.y) / p.head_blocks, r0);
         const unsigned bytes = static_cast<unsigned>(r1 - r0) * static_cast<unsigned>(D * sizeof(T));
         prefetch_l2_bulk(p.kv.k + off, bytes);
         prefetch_l2_bulk(p.kv.v + off, bytes);
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   }
   pdl_wait();  // launched early (programmatic dependent launch): the previous kernel's writes first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int b = blockIdx.z, hk = blockIdx.y / p.head_blocks, hb = blockIdx.y - hk * p.head_blocks;
+  const int b = static_cast<int>(blockIdx.z) + p.batch0, hk = blockIdx.y / p.head_blocks, hb = blockIdx.y - hk * p.head_blocks;
   const int split = blockIdx.x;
   const int head0 = hk * p.group + hb * RB;
   const int nh = min(RB, p.group - hb * RB);
@@ -695,7 +697,6 @@ void check_decode_args(const View& kv, int q_heads, const typename View::value_t
   check_attention_args(kv, q_heads, q, out, ab, scale);
   MLKV_CHECK(ab.q_offsets == nullptr, "decode takes one query row per sequence (q_offsets must be null); "
                                       "use prefill_attention for chunks of rows");
-  MLKV_CHECK(ab.batch <= 65535, "decode batch (", ab.batch, ") must be at most 65535");
   const long long hb = (q_heads / kv.kv_heads + 31) / 32;
   MLKV_CHECK(static_cast<long long>(kv.kv_heads) * hb <= 65535, "KV heads x head blocks (", kv.kv_heads * hb,
              ") must be at most 65535");
@@ -747,18 +748,26 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   const bool early = std::is_same_v<View, contiguous_slot_view<T>> && fused == nullptr && MT == 1 && pl.splits > 1 &&
                      decode_early_start.load(std::memory_order_relaxed) != 0;
   p.early_rows = early ? Cfg::stages * Cfg::tile : 0;
-  const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
-                  static_cast<unsigned>(ab.batch));
   if (fused != nullptr) {
     p.fq = *fused;
-    const auto kernel = decode_split_kernel<T, D, MT, Cfg, View, true>;
     // decode_occupancy raised the plain kernel's limit; this one's (host-side, legal in a capture).
-    MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MLKV_CUDA_CHECK(cudaFuncSetAttribute(decode_split_kernel<T, D, MT, Cfg, View, true>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(decode_smem_bytes<D, MT, Cfg>())));
-    launch_pdl(kernel, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
-  } else {
-    launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(),
-               stream, /*programmatic=*/early, p);
+  }
+  // One launch per 65535 sequences (the grid's limit in z); the combine below covers them all.
+  constexpr int max_grid_z = 65535;
+  for (int b0 = 0; b0 < ab.batch; b0 += max_grid_z) {
+    p.batch0 = b0;
+    const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
+                    static_cast<unsigned>(std::min(max_grid_z, ab.batch - b0)));
+    if (fused != nullptr) {
+      launch_pdl(decode_split_kernel<T, D, MT, Cfg, View, true>, grid, dim3(Cfg::threads),
+                 decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
+    } else {
+      launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(),
+                 stream, /*programmatic=*/early, p);
+    }
   }
   if (pl.splits > 1) {
     MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");

@@ -195,7 +195,8 @@ class cuda_model {
     MLKV_CHECK(opt.keys == model::key_rope::cached_rotated,
                "the CUDA model caches keys rotated (key_rope::cached_rotated); key_rope::rotate_on_read runs on the "
                "CPU model only");
-    MLKV_CHECK(opt.max_batch >= 1 && opt.max_batch <= 65535, "max batch (", opt.max_batch, ") must be in [1, 65535]");
+    MLKV_CHECK(opt.max_batch >= 1 && opt.max_batch <= (1 << 24), "max batch (", opt.max_batch, ") must be in [1, ",
+               1 << 24, "]");
     MLKV_CHECK(opt.max_rows >= 1 && opt.max_rows <= (1 << 24), "max rows (", opt.max_rows, ") must be in [1, ",
                1 << 24, "]");
     MLKV_CHECK(opt.max_context >= 1, "max context (", opt.max_context, ") must be at least 1");
