@@ -20,8 +20,13 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+# The benchmark library is loaded before torch: a C++ exception thrown (and caught) inside it
+# crashed the process once torch's libraries were loaded first (NOTES.md v8).
+if "--lib" in sys.argv[:-1]:
+    ctypes.CDLL(sys.argv[sys.argv.index("--lib") + 1], mode=ctypes.RTLD_GLOBAL)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 GEOMS = [("12:12 d64", 12, 12, 64), ("12:4 d64", 12, 4, 64), ("12:1 d64", 12, 1, 64),
          ("32:8 d128", 32, 8, 128), ("32:1 d128", 32, 1, 128)]
