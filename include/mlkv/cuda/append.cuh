@@ -16,7 +16,6 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "../rope.hpp"
@@ -118,13 +117,11 @@ void append_kv(const View& kv, const In* k, const In* v, const attention_batch& 
   if (ab.batch == 0 || ab.max_rows == 0 || ab.total_rows == 0) return;
   MLKV_CHECK(ab.context != nullptr, "context lengths are null");
   MLKV_CHECK(k != nullptr && v != nullptr, "K or V rows are null");
-  // One launch per 65535 sequences (the grid's limit in y).
-  constexpr int max_grid_y = 65535;
-  for (int b0 = 0; b0 < ab.batch; b0 += max_grid_y) {
-    const dim3 grid(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(std::min(max_grid_y, ab.batch - b0)));
-    detail::launch_pdl(detail::append_kernel<T, In, View>, grid, dim3(128), 0, stream, /*programmatic=*/false, kv, k,
-                       v, ab, ra, b0);
-  }
+  // Sequences are the grid's y: one launch per part of at most max_grid_yz.
+  detail::for_each_grid_part(ab.batch, [&](int b0, int n) {
+    detail::launch_pdl(detail::append_kernel<T, In, View>, dim3(static_cast<unsigned>(ab.max_rows), static_cast<unsigned>(n)),
+                       dim3(128), 0, stream, /*programmatic=*/false, kv, k, v, ab, ra, b0);
+  });
 }
 
 }  // namespace mlkv::cuda

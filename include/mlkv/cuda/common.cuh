@@ -146,6 +146,16 @@ inline int device_cc() {
 /// Benchmarking knob (bench/cuda only): 0 turns programmatic dependent launch off.
 inline std::atomic<int> pdl_enabled{1};
 
+/// A launch's limit in gridDim.y and gridDim.z.
+inline constexpr int max_grid_yz = 65535;
+
+/// Calls f(first, count) over consecutive parts of [0, n) of at most max_grid_yz items each: one
+/// launch per part where the items are a grid's y or z dimension (sequences of a batch).
+template <class F>
+void for_each_grid_part(int n, F&& f) {
+  for (int first = 0; first < n; first += max_grid_yz) f(first, n - first < max_grid_yz ? n - first : max_grid_yz);
+}
+
 /// Launches `kernel` on `stream`; with `programmatic`, on sm_90 and later, with programmatic
 /// dependent launch: the kernel may start while the previous kernel of the stream finishes, so it
 /// must call pdl_wait() before its first global memory access (every mlkv kernel does; only L2

@@ -152,7 +152,7 @@ struct decode_params {
   int early_rows;       // contiguous view: rows of K and V from each split's start prefetched into
                         // the L2 before pdl_wait() (the kernel then starts behind the previous one)
   int batch0;           // the split kernel's first sequence: blockIdx.z + batch0 (launches of at
-                        // most 65535 sequences, the grid's limit in z)
+                        // most max_grid_yz sequences)
   decode_walk walk;
 };
 
@@ -698,8 +698,8 @@ void check_decode_args(const View& kv, int q_heads, const typename View::value_t
   MLKV_CHECK(ab.q_offsets == nullptr, "decode takes one query row per sequence (q_offsets must be null); "
                                       "use prefill_attention for chunks of rows");
   const long long hb = (q_heads / kv.kv_heads + 31) / 32;
-  MLKV_CHECK(static_cast<long long>(kv.kv_heads) * hb <= 65535, "KV heads x head blocks (", kv.kv_heads * hb,
-             ") must be at most 65535");
+  MLKV_CHECK(static_cast<long long>(kv.kv_heads) * hb <= max_grid_yz, "KV heads x head blocks (", kv.kv_heads * hb,
+             ") must be at most ", max_grid_yz);
 }
 
 template <class View>
@@ -755,12 +755,12 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(decode_smem_bytes<D, MT, Cfg>())));
   }
-  // One launch per 65535 sequences (the grid's limit in z); the combine below covers them all.
-  constexpr int max_grid_z = 65535;
-  for (int b0 = 0; b0 < ab.batch; b0 += max_grid_z) {
+  // Sequences are the grid's z: one launch per part of at most max_grid_yz (the combine below
+  // covers them all).
+  for_each_grid_part(ab.batch, [&](int b0, int n) {
     p.batch0 = b0;
     const dim3 grid(static_cast<unsigned>(pl.splits), static_cast<unsigned>(kv.kv_heads * pl.head_blocks),
-                    static_cast<unsigned>(std::min(max_grid_z, ab.batch - b0)));
+                    static_cast<unsigned>(n));
     if (fused != nullptr) {
       launch_pdl(decode_split_kernel<T, D, MT, Cfg, View, true>, grid, dim3(Cfg::threads),
                  decode_smem_bytes<D, MT, Cfg>(), stream, /*programmatic=*/false, p);
@@ -768,7 +768,7 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
       launch_pdl(decode_split_kernel<T, D, MT, Cfg, View>, grid, dim3(Cfg::threads), decode_smem_bytes<D, MT, Cfg>(),
                  stream, /*programmatic=*/early, p);
     }
-  }
+  });
   if (pl.splits > 1) {
     MLKV_CHECK(pl.items <= static_cast<std::size_t>(INT_MAX), "decode batch x heads too large");
     const int rows = std::min(p.group, 16 * MT);

@@ -67,9 +67,9 @@ void check_prefill_args(const View& kv, int q_heads, const typename View::value_
   MLKV_CHECK(ab.q_offsets != nullptr || ab.total_rows >= ab.batch, "total rows (", ab.total_rows,
              ") must cover one row per sequence (", ab.batch, ") when q_offsets is null");
   const long long packed = static_cast<long long>(ab.max_rows) * (q_heads / kv.kv_heads);
-  MLKV_CHECK(packed <= INT_MAX && (packed + prefill_bm - 1) / prefill_bm <= 65535, "max rows (", ab.max_rows,
+  MLKV_CHECK(packed <= INT_MAX && (packed + prefill_bm - 1) / prefill_bm <= max_grid_yz, "max rows (", ab.max_rows,
              ") x query heads per KV head (", q_heads / kv.kv_heads, ") is too large for one launch");
-  MLKV_CHECK(kv.kv_heads <= 65535, "KV heads (", kv.kv_heads, ") must be at most 65535");
+  MLKV_CHECK(kv.kv_heads <= max_grid_yz, "KV heads (", kv.kv_heads, ") must be at most ", max_grid_yz);
 }
 
 }  // namespace detail

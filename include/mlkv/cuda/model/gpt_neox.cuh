@@ -919,7 +919,7 @@ class cuda_model {
     gemm(h2, R, H_, L.mlp_in, I_, big2, tuned, side);
     // I_ is a multiple of 64: rows of 16-byte aligned float4s.
     const unsigned cols = static_cast<unsigned>((I_ / 4 + 255) / 256);
-    detail::launch_pdl(model_detail::bias_act4_kernel<A>, dim3(cols, static_cast<unsigned>(std::min(R, 65535))),
+    detail::launch_pdl(model_detail::bias_act4_kernel<A>, dim3(cols, static_cast<unsigned>(std::min(R, detail::max_grid_yz))),
                        dim3(256), 0, s, true, static_cast<const float*>(big2), L.in_b, R, I_, cfg_.act, mida);
     gemm(mida, R, I_, L.mlp_out, H_, mo, tuned, side);
   }
