@@ -34,6 +34,7 @@ BATCHES = [1, 16, 64, 256]
 CONTEXTS = [1024, 4096, 16384, 32768]
 PREFILL_S = 4096
 PREFILL_BATCHES = [1, 4]
+PREFILL_VARIANTS = [2, 3]  # wgmma prefill variants timed beside the default (0): prefill_sm90.cuh
 
 
 def load_lib(path):
@@ -240,8 +241,13 @@ def bench_prefill(lib, name, hq, hkv, d, batch, s):
         row["mma_max_rel_diff_vs_torch"] = rel_err(out.view(batch, s, hq, d).transpose(1, 2), ref)
         row["us_mma_sync"] = time_calls(ours, n_calls)[0]
         if d in (64, 128):
-            lib.mlkv_bench_tune(0, 1, 0, 1)  # the wgmma kernel's other tile shape
-            row["us_wgmma_variant1"] = time_calls(ours, n_calls)[0]
+            row["us_wgmma_variants"] = {}
+            for var in PREFILL_VARIANTS:  # the wgmma kernel's other shapes (prefill_sm90.cuh)
+                lib.mlkv_bench_tune(0, 1, 0, var)
+                ours(0)
+                torch.cuda.synchronize()
+                err = rel_err(out.view(batch, s, hq, d).transpose(1, 2), ref)
+                row["us_wgmma_variants"][str(var)] = {"us": time_calls(ours, n_calls)[0], "max_rel_diff_vs_torch": err}
     finally:
         lib.mlkv_bench_tune(0, 1, 0, 0)
     row.update({"us": us, "us_min": us_min, "tflops": flops / us / 1e6, "torch_us": tus,
@@ -267,6 +273,7 @@ def main():
     ap.add_argument("--split-rule", default="", help="'ctas_per_sm:min_tiles' for the split rule (0: default)")
     ap.add_argument("--no-torch", action="store_true", help="with --rows: do not time PyTorch")
     ap.add_argument("--label", default="", help="printed in front of every --rows line")
+    ap.add_argument("--prefill-only", default="", help="prefill rows only, at these batches, e.g. '1,4'")
     args = ap.parse_args()
     lib = load_lib(args.lib)
     if args.split_rule:
@@ -301,9 +308,12 @@ def main():
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1)
             return 0
+    if args.prefill_only:
+        PREFILL_BATCHES[:] = [int(x) for x in args.prefill_only.split(",")]
+        args.quick = False
     geoms = GEOMS if not args.geoms else [g for g in GEOMS if g[0].split()[0] in args.geoms.split(",")]
     batches, contexts = (BATCHES, CONTEXTS) if not args.quick else ([1, 16, 64], [4096, 32768])
-    for name, hq, hkv, d in geoms:
+    for name, hq, hkv, d in (geoms if not args.prefill_only else []):
         for ctx in contexts:
             for b in batches:
                 free, _ = torch.cuda.mem_get_info()
@@ -330,10 +340,11 @@ def main():
             result["prefill"].append(row)
             if "us" in row:
                 print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s | torch %9.1f us %6.1f TFLOP/s x%5.2f err %.1e"
-                      " | mma.sync %.1f us, variant1 %.1f us" % (
+                      " | mma.sync %.1f us | %s" % (
                           name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"], row["torch_tflops"],
                           row["speedup"], row["max_rel_diff_vs_torch"], row["us_mma_sync"],
-                          row.get("us_wgmma_variant1", float("nan"))), flush=True)
+                          " ".join("v%s %.1f us (err %.1e)" % (k, x["us"], x["max_rel_diff_vs_torch"])
+                                   for k, x in row.get("us_wgmma_variants", {}).items())), flush=True)
             else:
                 print("prefill %-9s B%d %s" % (name, b, row.get("error")), flush=True)
     result["wall_s"] = time.time() - t0

@@ -39,5 +39,8 @@ void prefill(const View& kv, int q_heads, const typename View::value_type* q, ty
 /// Sends every prefill to the mma.sync kernel (true) or lets the launcher choose (false), so the
 /// tests cover the fallback on a GPU where the wgmma kernel would run.
 void set_prefill_force_mma(bool on);
+/// Picks the wgmma prefill's kernel variant (0: the default; prefill_sm90.cuh lists the others),
+/// so the tests cover every variant the benchmark can time.
+void set_prefill_sm90_variant(int variant);
 
 }  // namespace mlkv_cuda_test

@@ -149,7 +149,8 @@ void long_decode(const std::vector<int>& contexts, int page_tokens, bool split) 
 
 /// A prefill chunk of rows[b] new tokens over contexts[b] tokens (the chunk's own included).
 template <model_shape S, class T>
-void long_prefill(const std::vector<int>& contexts, const std::vector<int>& rows, int page_tokens) {
+void long_prefill(const std::vector<int>& contexts, const std::vector<int>& rows, int page_tokens,
+                  float scale_override = 0.f) {
   const std::uint64_t seed = mlkv_test::fresh_seed();
   INFO("Hq=" << S.q_heads << " Hkv=" << S.kv_heads << " D=" << S.head_dim << " dtype=" << mlkv::name_of(mlkv::dtype_of<T>)
              << " seed=" << seed);
@@ -171,7 +172,8 @@ void long_prefill(const std::vector<int>& contexts, const std::vector<int>& rows
   dbuf<std::int32_t> ctx(static_cast<std::size_t>(B)), doff(off.size());
   ctx.upload(std::vector<std::int32_t>(contexts.begin(), contexts.end()));
   doff.upload(off);
-  const float scale = mlkv::cpu::default_scale(D);
+  const float scale = scale_override != 0.f ? scale_override : mlkv::cpu::default_scale(D);
+  INFO("scale " << scale);
   const auto ab = attention_batch::chunks(B, ctx.p, doff.p, C, max_rows, off.back());
   mlkv_cuda_test::stream st;
   for (int paged = 0; paged < 2; ++paged) {
@@ -228,6 +230,23 @@ TEST_CASE("CUDA prefill fallback (mma.sync) on the head dims the wgmma kernel ta
   mlkv_cuda_test::set_prefill_force_mma(true);
   long_prefill<mqa_d64, mlkv::bf16>({700, 129, 1}, {200, 129, 1}, 16);
   long_prefill<gqa32_8_d128, mlkv::f16>({300, 40}, {100, 3}, 8);
+}
+
+TEST_CASE("CUDA prefill: the other variants of the wgmma kernels (without producer; without ping-pong)", "[cuda]") {
+  struct restore {
+    ~restore() { mlkv_cuda_test::set_prefill_sm90_variant(0); }
+  } r;
+  for (int variant : {2, 3}) {
+    INFO("variant " << variant);
+    mlkv_cuda_test::set_prefill_sm90_variant(variant);
+    long_prefill<mqa_d64, mlkv::bf16>({700, 129, 1}, {200, 129, 1}, 16);
+    long_prefill<gqa32_8_d128, mlkv::f16>({300, 40}, {100, 3}, 8);
+  }
+  // A negative scale (the warp-specialised kernel folds only positive ones into its exponentials;
+  // the launcher sends others to the kernel without producer).
+  mlkv_cuda_test::set_prefill_sm90_variant(0);
+  long_prefill<mqa_d64, mlkv::bf16>({500, 64}, {300, 64}, 16, -0.07f);
+  long_prefill<gqa32_8_d128, mlkv::bf16>({400}, {200}, 8, -0.05f);
 }
 
 TEST_CASE("CUDA append takes rows of the storage type too", "[cuda]") {

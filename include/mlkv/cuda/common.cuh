@@ -128,6 +128,22 @@ inline void device_info(int& sms, int& cc) {
   cc = major * 10 + minor;
 }
 
+/// The current device's L2 size in bytes, cached per device.
+inline long long device_l2_bytes() {
+  static std::atomic<long long> cache[16];
+  int dev = 0;
+  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 16) {
+    const long long c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return c;
+  }
+  int l2 = 0;
+  MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+  const long long bytes = l2 > 0 ? l2 : (1ll << 20);
+  if (dev >= 0 && dev < 16) cache[dev].store(bytes, std::memory_order_relaxed);
+  return bytes;
+}
+
 /// The current device's compute capability (major * 10 + minor), cached per device.
 inline int device_cc() {
   static std::atomic<int> cache[16];

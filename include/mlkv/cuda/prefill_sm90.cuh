@@ -5,17 +5,21 @@
 /// prefill_attention falls back to elsewhere (other head dims, other GPUs, builds without
 /// MLKV_CUDA_SM90A).
 ///
-/// A CTA is two warpgroups; each owns 64 packed query rows (token, query head of one KV head).
-/// Per K/V tile of BN tokens, each warpgroup computes S = Q K^T with wgmma (Q and K from shared
-/// memory), its online softmax in registers (FlashAttention-2, Dao 2023; the accumulator layout of
-/// S is the A-operand register layout of the next product, as FlashAttention-3 (Shah et al. 2024)
-/// uses), then O += P V with P from registers and V from shared memory read N-major (transposed
-/// by the descriptor, no data movement). All 256 threads stream the next K/V tile with cp.async
-/// into the canonical 128-byte-swizzled layouts (PTX ISA, "Shared Memory Matrix Layout"): rows of
-/// 64 values (128 B) in 8-row atoms of 1 KB, 16-byte chunk c of row r stored at chunk c ^ (r % 8).
+/// Two kernels. prefill_ws_kernel (the default) is warp-specialised after FlashAttention-3 (Shah
+/// et al. 2024): a producer warpgroup streams K/V tiles through a ring of buffers with cp.async
+/// and mbarriers while two or three consumer warpgroups of 64 packed query rows each compute
+/// S = Q K^T and O += P V with wgmma, overlapping one tile's softmax with the previous tile's
+/// P V and taking turns on the tensor cores (see its comment). prefill_sm90_kernel is the simpler
+/// kernel without producer: two warpgroups that load and compute in turn, 64-token tiles, two
+/// CTAs per SM; it serves softmax scales <= 0. Both keep S in registers as the A operand of P V
+/// (the accumulator layout of S is the A-operand register layout of the next product), read V
+/// N-major through the descriptor (no transpose) and store tiles in the canonical 128-byte-swizzled
+/// layouts (PTX ISA, "Shared Memory Matrix Layout"): rows of 64 values (128 B) in 8-row atoms of
+/// 1 KB, 16-byte chunk c of row r stored at chunk c ^ (r % 8).
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -320,6 +324,367 @@ __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_
 #endif
 }
 
+/// mbarrier and register-allocation helpers of the warp-specialised kernel (PTX ISA: "mbarrier",
+/// "cp.async.mbarrier.arrive", "setmaxnreg").
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/// Waits until the phase of `bar` with this parity has completed (acquire).
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, unsigned parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+/// One arrival on `bar` once every cp.async this thread issued so far has landed.
+__device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+/// Named barriers (ids 1..15; 0 is __syncthreads): wait for `count` threads / arrive without waiting.
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+/// Keeps registers that an asynchronous wgmma reads or writes where they are, and orders later uses
+/// after the wgmma.wait_group before it: the compiler sees a read and a write of each at this point.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_fence(std::uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+  }
+}
+
+/// Shared memory of the warp-specialised kernel: Q (Cons x 64 rows), rings of Stages K and Stages
+/// V buffers of BN rows, then 4 x Stages mbarriers; 1 KB to align the base to a swizzle atom.
+template <int D, int BN, int Stages, int Cons>
+__host__ __device__ constexpr std::size_t prefill_ws_smem_bytes() {
+  return static_cast<std::size_t>(64 * Cons + Stages * 2 * BN) * D * 2u + 32u * Stages + 1024u;
+}
+
+/// The warp-specialised wgmma prefill (FlashAttention-3's structure, Shah et al. 2024, with
+/// cp.async in place of TMA so that contiguous and paged views share it): warpgroup 0 is the
+/// producer, which gives most of its registers away (setmaxnreg) and streams Q and the tiles into
+/// two rings of Stages buffers (K and V) with cp.async, in the order the consumers need them (K_j,
+/// then V_{j-1}); each thread's copies of a buffer signal its "full" mbarrier when they land.
+/// Warpgroups 1..Cons are consumers of 64 packed rows each. A consumer issues S = Q K_j^T and
+/// O += P_{j-1} V_{j-1} back to back, waits for S only and frees K_j (its "empty" mbarrier, one
+/// arrival per consumer warp), runs the online softmax of tile j while the tensor cores do P V,
+/// then waits for P V, frees V_{j-1}, rescales O and packs P_j. The consumers never wait for each
+/// other, so one's softmax also overlaps the other's products.
+template <class T, int D, int BN, int Stages, int Cons, int ProdRegs, int ConsRegs, bool PingPong, class View>
+__global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const prefill_params<T, View> p) {
+#if defined(MLKV_WGMMA_ENABLED)
+  static_assert(D == 64 || D == 128, "mlkv: the wgmma prefill takes head dim 64 or 128");
+  static_assert(BN == 64 || BN == 128, "mlkv: the wgmma prefill takes 64 or 128 tokens per tile");
+  static_assert(ProdRegs * 128 + ConsRegs * 128 * Cons <= 65536, "mlkv: register split over the CTA's share");
+  constexpr int BM = 64 * Cons, CH = D / 8, DB = D / 64, NP = 128;
+  constexpr std::uint32_t QB = BM * 128u, KB = BN * 128u;  // bytes of one 64-value column block
+  extern __shared__ unsigned char smem_raw[];
+  const std::uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;  // DB blocks of QB
+  const std::uint32_t sK = sQ + DB * QB, sV = sK + Stages * DB * KB;  // buffer s at + s * DB * KB
+  const std::uint32_t bar_full = sV + Stages * DB * KB, bar_empty = bar_full + 8u * Stages;  // Stages each
+
+  pdl_wait();
+  const int tid = threadIdx.x;
+  // Bands of (sequence, KV head) pairs whose K/V fit in half the L2, one after the other; inside a
+  // band, heaviest row blocks first (every pair's block Z - 1, then Z - 2, ...), so the CTAs
+  // resident together read few pairs' K/V and the tail of a band is its lightest blocks.
+  const int Z = p.z_blocks;
+  const int band = static_cast<int>(blockIdx.x) / (p.band_heads * Z);
+  const int band_first = band * p.band_heads;
+  const int in_band = static_cast<int>(blockIdx.x) - band_first * Z;
+  const int hb = min(p.band_heads, p.heads - band_first);
+  const int zi = in_band / hb;
+  const long long pair = p.head0 + band_first + (in_band - zi * hb);
+  const int b = static_cast<int>(pair / p.kv.kv_heads), hk = static_cast<int>(pair - static_cast<long long>(b) * p.kv.kv_heads);
+  const int mb = Z - 1 - zi;
+  const int g = p.group;
+  const seq_rows sr = read_seq_rows(p.kv, p.ab, b);
+  const int r0 = mb * BM;
+  if (!sr.ok) {
+    prefill_nan_rows(p, sr, hk, r0, BM, D);
+    return;
+  }
+  const int R = sr.rows * g;
+  if (r0 >= R) return;
+  const int pos0 = sr.ctx - sr.rows;
+  const int last_row = min(R, r0 + BM) - 1;
+  const int pos_last = pos0 + last_row / g;
+  const int n_tiles = pos_last / BN + 1;
+
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < Stages; ++s) {
+      mbar_init(bar_full + 8u * s, NP);        // one arrival per producer thread
+      mbar_init(bar_empty + 8u * s, 4 * Cons);  // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (tid < NP) {  // ---- producer warpgroup
+    setmaxnreg_dec<ProdRegs>();
+    for (int e = tid; e < BM * CH; e += NP) {
+      const int r = e / CH, c = e - r * CH;
+      const int pr = r0 + r;
+      const bool ok = pr < R;
+      const int i = ok ? pr / g : 0, j = ok ? pr - i * g : 0;
+      const T* src = p.q + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + j) * D + c * 8;
+      cp_async_16(sQ + (c >> 3) * QB + sw128(r, c & 7), src, ok);
+    }
+    const T* const kb = kbase(p.kv);
+    const T* const vb = vbase(p.kv);
+    const int c = tid % CH, r_first = tid / CH;  // this thread's 16-byte column; rows NP / CH apart
+    constexpr bool is_contiguous = std::is_same_v<View, contiguous_slot_view<T>>;
+    const std::size_t row0 = is_contiguous ? p.kv.offset(b, hk, 0) + static_cast<std::size_t>(c * 8) : 0;
+    for (int jt = 0; jt < n_tiles; ++jt) {
+      const int stage = jt % Stages;
+      if (jt >= Stages) mbar_wait(bar_empty + 8u * stage, ((jt / Stages) - 1) & 1);
+      const std::uint32_t dk = sK + stage * DB * KB + (c >> 3) * KB, dv = sV + stage * DB * KB + (c >> 3) * KB;
+#pragma unroll 4  // few registers: the producer runs on ProdRegs
+      for (int r = r_first; r < BN; r += NP / CH) {
+        const int tok = jt * BN + r;
+        const bool ok = tok <= pos_last;
+        std::size_t off;
+        if constexpr (is_contiguous) {
+          off = row0 + static_cast<std::size_t>(ok ? tok : 0) * D;  // one multiply-add per row
+        } else {
+          off = p.kv.offset(b, hk, ok ? tok : 0) + static_cast<std::size_t>(c * 8);
+        }
+        cp_async_16(dk + sw128(r, c & 7), kb + off, ok);
+        cp_async_16(dv + sw128(r, c & 7), vb + off, ok);
+      }
+      cp_async_mbar_arrive(bar_full + 8u * stage);  // the first tile's arrival covers Q as well
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+
+  // ---- consumer warpgroups
+  setmaxnreg_inc<ConsRegs>();
+  // Consumer index, through a shuffle so that the compiler knows it is warp-uniform (descriptors
+  // and barrier ids then stay in uniform registers).
+  const int cw = __shfl_sync(0xffffffffu, (tid - NP) >> 7, 0);
+  const int lt = tid & 127, wl = lt >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+  const int wr0 = r0 + cw * 64;  // this warpgroup's first packed row
+  const int wg_min_pos = wr0 < R ? pos0 + wr0 / g : INT_MAX;
+  const int wg_max_pos = wr0 < R ? pos0 + min(R - 1, wr0 + 63) / g : -1;
+  const int my_tiles = wr0 < R ? min(n_tiles, wg_max_pos / BN + 1) : 0;
+  int my_pos[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int pr = wr0 + wl * 16 + gq + h * 8;
+    my_pos[h] = pr < R ? pos0 + pr / g : -1;
+  }
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
+  float s[BN / 2];
+  std::uint32_t pa[BN / 16][4];
+
+  // Descriptors are built once: a byte offset off within shared memory adds off / 16 to the start
+  // address field (14 bits of addr / 16; every address here is below 256 KB, so it never carries).
+  const std::uint64_t dq0 = gmma_desc(sQ + cw * 64 * 128, 16, 1024);
+  const std::uint64_t dk0 = gmma_desc(sK, 16, 1024), dv0 = gmma_desc(sV, KB, 1024);
+  auto issue_qk = [&](int stage) {
+    const std::uint64_t dk = dk0 + ((stage * DB * KB) >> 4);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const std::uint64_t da = dq0 + (((kk >> 2) * QB + (kk & 3) * 32) >> 4);
+      const std::uint64_t db = dk + (((kk >> 2) * KB + (kk & 3) * 32) >> 4);
+      if constexpr (BN == 128) {
+        wgmma_ss_n128(s, da, db, kk > 0 ? 1 : 0, T{});
+      } else {
+        wgmma_ss_n64(s, da, db, kk > 0 ? 1 : 0, T{});
+      }
+    }
+    wgmma_commit();
+  };
+  auto issue_pv = [&](int stage) {
+    const std::uint64_t dv = dv0 + ((stage * DB * KB) >> 4);
+    wgmma_fence();
+#pragma unroll
+    for (int kt = 0; kt < BN / 16; ++kt) {
+      // V as B[tokens x D], N-major: 64-value column blocks KB apart, 8-token groups 1 KB apart.
+      const std::uint64_t db = dv + ((kt * 2048) >> 4);
+      if constexpr (D == 128) {
+        wgmma_rs_n128(o, pa[kt], db, 1, T{});
+      } else {
+        wgmma_rs_n64(o, pa[kt], db, 1, T{});
+      }
+    }
+    wgmma_commit();
+  };
+  // Online softmax of tile jt in place: s becomes exp2(s * scale - m_new), m (scaled), l and corr
+  // updated. The scale is positive here (the launcher sends other scales to the kernel without
+  // producer), so the maximum of the raw scores gives the scaled one and the scale folds into the
+  // exponent's FMA. s[4 n + e]: row gq + 8 (e / 2), token 8 n + 2 tq + e % 2 of the tile.
+  auto softmax = [&](int jt) {
+    if ((jt + 1) * BN - 1 > wg_min_pos) {  // the diagonal: mask tokens past each row's position
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) {
+        if (jt * BN + 8 * (i >> 2) + 2 * tq + (i & 1) > my_pos[(i >> 1) & 1]) s[i] = -INFINITY;
+      }
+    }
+    const float sc = p.scale_log2;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx * sc);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      corr[h] = fast_exp2(m[h] - base);
+      m[h] = m_new;
+      float rs = 0.f;
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) {
+        s[4 * n + 2 * h] = fast_exp2(fmaf(s[4 * n + 2 * h], sc, -base));
+        s[4 * n + 2 * h + 1] = fast_exp2(fmaf(s[4 * n + 2 * h + 1], sc, -base));
+        rs += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
+      }
+      l[h] = l[h] * corr[h] + rs;
+    }
+  };
+  // After P V of the previous tile has finished: O *= corr, P = bf16/f16(s) as the A fragments.
+  auto rescale_and_pack = [&]() {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[4 * n] *= corr[0];
+      o[4 * n + 1] *= corr[0];
+      o[4 * n + 2] *= corr[1];
+      o[4 * n + 3] *= corr[1];
+    }
+#pragma unroll
+    for (int kt = 0; kt < BN / 16; ++kt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        pa[kt][h] = pack2<T>(s[8 * kt + 2 * h], s[8 * kt + 2 * h + 1]);          // tokens 16 kt + 2 tq, +1
+        pa[kt][2 + h] = pack2<T>(s[8 * kt + 4 + 2 * h], s[8 * kt + 4 + 2 * h + 1]);  // tokens 16 kt + 8 + 2 tq, +1
+      }
+    }
+  };
+  auto wait_full = [&](int jt) {
+    mbar_wait(bar_full + 8u * (jt % Stages), (jt / Stages) & 1);
+    fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+  };
+  auto release = [&](int jt) {
+    if (lane == 0) mbar_arrive(bar_empty + 8u * (jt % Stages));
+  };
+
+  // PingPong: the consumers take turns to issue their products (named barrier 1 + c is consumer
+  // c's turn; FlashAttention-3's inter-warpgroup schedule), so one's softmax runs while the
+  // tensor cores do another's products. Every consumer takes n_tiles turns; consumer 0 goes first.
+  auto turn_begin = [&]() {
+    if constexpr (PingPong) named_bar_sync(1 + cw, 256);
+  };
+  auto turn_end = [&]() {
+    if constexpr (PingPong) named_bar_arrive(1 + (cw + 1) % Cons, 256);
+  };
+  if (PingPong && cw == Cons - 1) named_bar_arrive(1, 256);
+
+  if (my_tiles > 0) {
+    wait_full(0);
+    turn_begin();
+    issue_qk(0);
+    turn_end();
+    wgmma_wait<0>();
+    reg_fence(s);
+    softmax(0);
+    rescale_and_pack();
+    for (int jt = 1; jt < my_tiles; ++jt) {
+      wait_full(jt);
+      turn_begin();
+      issue_qk(jt % Stages);
+      issue_pv((jt - 1) % Stages);
+      turn_end();
+      wgmma_wait<1>();  // S of tile jt is ready; P V of tile jt - 1 may still run
+      reg_fence(s);
+      softmax(jt);
+      wgmma_wait<0>();
+      reg_fence(o);
+      reg_fence(pa);
+      release(jt - 1);
+      rescale_and_pack();
+    }
+    issue_pv((my_tiles - 1) % Stages);
+    wgmma_wait<0>();
+    reg_fence(o);
+    reg_fence(pa);
+    release(my_tiles - 1);
+  }
+  for (int jt = my_tiles; jt < n_tiles; ++jt) {  // tiles past this warpgroup's rows: pass them on
+    mbar_wait(bar_full + 8u * (jt % Stages), (jt / Stages) & 1);
+    release(jt);
+    turn_begin();
+    turn_end();
+  }
+  if (PingPong && cw == 0) turn_begin();  // the last consumer's last turn ends at consumer 0
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lt_ = l[h];
+    lt_ += __shfl_xor_sync(0xffffffffu, lt_, 1);
+    lt_ += __shfl_xor_sync(0xffffffffu, lt_, 2);
+    const int pr = wr0 + wl * 16 + gq + h * 8;
+    if (pr >= R) continue;
+    const float inv = 1.f / lt_;
+    const int i = pr / g, jh = pr - i * g;
+    T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + jh) * D + 2 * tq;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+    }
+  }
+#else
+  __trap();  // compiled for a target without wgmma: the launcher never picks this kernel there
+#endif
+}
+
 /// True when this build and the current device run the wgmma prefill for head dim d.
 inline bool prefill_sm90_available(int d) {
 #if defined(MLKV_CUDA_SM90A)
@@ -341,14 +706,50 @@ void launch_prefill_sm90_shape(const prefill_params<T, View>& p, cudaStream_t st
   launch_pdl(kernel, grid, dim3(prefill_sm90_threads), smem, stream, /*programmatic=*/false, p);
 }
 
-/// The wgmma prefill: 64-token tiles and two CTAs per SM (one CTA's softmax overlaps the other's
-/// tensor-core work), or 128-token tiles and one CTA per SM (variant 1, bench/cuda).
+template <class T, int D, int BN, int Stages, int Cons, int ProdRegs, int ConsRegs, bool PingPong, class View>
+void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
+  constexpr int BM = 64 * Cons;
+  const long long packed = static_cast<long long>(p.ab.max_rows) * p.group;
+  constexpr std::size_t smem = prefill_ws_smem_bytes<D, BN, Stages, Cons>();
+  const auto kernel = prefill_ws_kernel<T, D, BN, Stages, Cons, ProdRegs, ConsRegs, PingPong, View>;
+  MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // Bands: as many (sequence, KV head) pairs as half the L2 holds at the longest context.
+  const int Z = static_cast<int>((packed + BM - 1) / BM);
+  const long long pair_bytes = static_cast<long long>(p.ab.max_context) * D * 2 * static_cast<long long>(sizeof(T));
+  const long long pairs = static_cast<long long>(p.ab.batch) * p.kv.kv_heads;
+  const long long fit = device_l2_bytes() / 2 / (pair_bytes > 0 ? pair_bytes : 1);
+  const int band = static_cast<int>(std::clamp<long long>(fit, 1, std::min<long long>(pairs, INT_MAX / Z)));
+  // One launch covers whole bands and at most INT_MAX CTAs.
+  const long long per_launch = static_cast<long long>(INT_MAX / Z / band) * band;
+  for (long long first = 0; first < pairs; first += per_launch) {
+    prefill_params<T, View> part = p;
+    part.head0 = first;
+    part.heads = static_cast<int>(std::min(per_launch, pairs - first));
+    part.band_heads = band;
+    part.z_blocks = Z;
+    const dim3 grid(static_cast<unsigned>(static_cast<long long>(part.heads) * Z));
+    launch_pdl(kernel, grid, dim3((Cons + 1) * 128), smem, stream, /*programmatic=*/false, part);
+  }
+}
+
+/// The wgmma prefill: the warp-specialised kernel with 128-token tiles and ping-pong consumers;
+/// head dim 64 with three consumer warpgroups (192 packed rows: the exponentials cost as much as
+/// the products, so a third warpgroup hides more of them) and 4 buffers, head dim 128 with two
+/// consumers (128 rows) and 3 buffers (230 KB of shared memory). A softmax scale <= 0 (which the
+/// warp-specialised kernel does not fold into its exponentials) and variant 2 take the kernel
+/// without producer (64-token tiles, two CTAs per SM); variant 3 (bench/cuda) is the
+/// warp-specialised kernel without ping-pong.
 template <class T, int D, class View>
 void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) {
-  if (prefill_sm90_variant.load(std::memory_order_relaxed) == 1) {
-    launch_prefill_sm90_shape<T, D, 128, 1>(p, stream);
-  } else {
+  constexpr int cons = D == 64 ? 3 : 2, stages = D == 64 ? 4 : 3, prod_regs = D == 64 ? 32 : 40,
+                cons_regs = D == 64 ? 160 : 232;
+  const int variant = p.scale_log2 > 0.f ? prefill_sm90_variant.load(std::memory_order_relaxed) : 2;
+  if (variant == 2) {
     launch_prefill_sm90_shape<T, D, 64, 2>(p, stream);
+  } else if (variant == 3) {
+    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, false>(p, stream);
+  } else {
+    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, true>(p, stream);
   }
 }
 
