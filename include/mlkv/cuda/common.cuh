@@ -128,6 +128,21 @@ inline void device_info(int& sms, int& cc) {
   cc = major * 10 + minor;
 }
 
+/// The current device's multiprocessor count, cached per device.
+inline int device_sms() {
+  static std::atomic<int> cache[16];
+  int dev = 0;
+  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 16) {
+    const int c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return c;
+  }
+  int sms = 0, cc = 0;
+  device_info(sms, cc);
+  if (dev >= 0 && dev < 16) cache[dev].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
 /// The current device's L2 size in bytes, cached per device.
 inline long long device_l2_bytes() {
   static std::atomic<long long> cache[16];

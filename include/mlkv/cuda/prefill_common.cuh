@@ -52,12 +52,17 @@ __device__ __forceinline__ seq_rows read_seq_rows(const View& kv, const attentio
 
 /// Out-of-range lengths: NaN in this CTA's packed rows [r0, r0 + bm) where the offsets say where
 /// they are; nothing is read and nothing else is written.
+/// Threads t0, t0 + nt, ... of the CTA share the work (default: every thread).
 template <class T, class View>
 __device__ __forceinline__ void prefill_nan_rows(const prefill_params<T, View>& p, const seq_rows& sr, int hk, int r0,
-                                                 int bm, int D) {
+                                                 int bm, int D, int t0 = -1, int nt = -1) {
   if (!sr.offsets_ok) return;
+  if (t0 < 0) {
+    t0 = static_cast<int>(threadIdx.x);
+    nt = static_cast<int>(blockDim.x);
+  }
   const int g = p.group, CH = D / 8, R = sr.rows * g;
-  for (int e = threadIdx.x; e < bm * CH; e += blockDim.x) {
+  for (int e = t0; e < bm * CH; e += nt) {
     const int pr = r0 + e / CH, c = e % CH;
     if (pr >= R) continue;
     const int i = pr / g, j = pr - i * g;

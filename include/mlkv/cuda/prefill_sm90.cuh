@@ -397,19 +397,22 @@ __device__ __forceinline__ void reg_fence(std::uint32_t (&r)[N][4]) {
 /// V buffers of BN rows, then 4 x Stages mbarriers; 1 KB to align the base to a swizzle atom.
 template <int D, int BN, int Stages, int Cons>
 __host__ __device__ constexpr std::size_t prefill_ws_smem_bytes() {
-  return static_cast<std::size_t>(64 * Cons + Stages * 2 * BN) * D * 2u + 32u * Stages + 1024u;
+  return static_cast<std::size_t>(64 * Cons + Stages * 2 * BN) * D * 2u + 16u * Stages + 8u + 1024u;
 }
 
 /// The warp-specialised wgmma prefill (FlashAttention-3's structure, Shah et al. 2024, with
-/// cp.async in place of TMA so that contiguous and paged views share it): warpgroup 0 is the
-/// producer, which gives most of its registers away (setmaxnreg) and streams Q and the tiles into
-/// two rings of Stages buffers (K and V) with cp.async, in the order the consumers need them (K_j,
-/// then V_{j-1}); each thread's copies of a buffer signal its "full" mbarrier when they land.
-/// Warpgroups 1..Cons are consumers of 64 packed rows each. A consumer issues S = Q K_j^T and
-/// O += P_{j-1} V_{j-1} back to back, waits for S only and frees K_j (its "empty" mbarrier, one
-/// arrival per consumer warp), runs the online softmax of tile j while the tensor cores do P V,
-/// then waits for P V, frees V_{j-1}, rescales O and packs P_j. The consumers never wait for each
-/// other, so one's softmax also overlaps the other's products.
+/// cp.async in place of TMA so that contiguous and paged views share it). Persistent: one CTA per
+/// SM walks work items (blocks of 64 x Cons packed rows of one (sequence, KV head) pair).
+/// Warpgroup 0 is the producer: it gives most of its registers away (setmaxnreg) and streams each
+/// item's Q and K/V tiles into a ring of Stages buffers with cp.async; each thread's copies of a
+/// tile signal the buffer's "full" mbarrier when they land, and an item's Q waits until the
+/// consumers are done with the previous one's (bar_q). Warpgroups 1..Cons are consumers of 64
+/// packed rows each. A consumer issues S = Q K_j^T and O += P_{j-1} V_{j-1} back to back, waits
+/// for S only, runs the online softmax of tile j while the tensor cores do P V, then waits for
+/// P V, frees buffer j - 1 (its "empty" mbarrier, one arrival per consumer warp), rescales O and
+/// packs P_j. With PingPong the consumers take turns to issue their products. Items of the same
+/// band of heads run close in time (see locate), and the producer loads the next item's tiles
+/// while the consumers finish the current one.
 template <class T, int D, int BN, int Stages, int Cons, int ProdRegs, int ConsRegs, bool PingPong, class View>
 __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const prefill_params<T, View> p) {
 #if defined(MLKV_WGMMA_ENABLED)
@@ -422,78 +425,96 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
   const std::uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;  // DB blocks of QB
   const std::uint32_t sK = sQ + DB * QB, sV = sK + Stages * DB * KB;  // buffer s at + s * DB * KB
   const std::uint32_t bar_full = sV + Stages * DB * KB, bar_empty = bar_full + 8u * Stages;  // Stages each
+  const std::uint32_t bar_q = bar_empty + 8u * Stages;  // the consumers are done with Q
 
   pdl_wait();
   const int tid = threadIdx.x;
-  // Bands of (sequence, KV head) pairs whose K/V fit in half the L2, one after the other; inside a
-  // band, heaviest row blocks first (every pair's block Z - 1, then Z - 2, ...), so the CTAs
-  // resident together read few pairs' K/V and the tail of a band is its lightest blocks.
-  const int Z = p.z_blocks;
-  const int band = static_cast<int>(blockIdx.x) / (p.band_heads * Z);
-  const int band_first = band * p.band_heads;
-  const int in_band = static_cast<int>(blockIdx.x) - band_first * Z;
-  const int hb = min(p.band_heads, p.heads - band_first);
-  const int zi = in_band / hb;
-  const long long pair = p.head0 + band_first + (in_band - zi * hb);
-  const int b = static_cast<int>(pair / p.kv.kv_heads), hk = static_cast<int>(pair - static_cast<long long>(b) * p.kv.kv_heads);
-  const int mb = Z - 1 - zi;
-  const int g = p.group;
-  const seq_rows sr = read_seq_rows(p.kv, p.ab, b);
-  const int r0 = mb * BM;
-  if (!sr.ok) {
-    prefill_nan_rows(p, sr, hk, r0, BM, D);
-    return;
-  }
-  const int R = sr.rows * g;
-  if (r0 >= R) return;
-  const int pos0 = sr.ctx - sr.rows;
-  const int last_row = min(R, r0 + BM) - 1;
-  const int pos_last = pos0 + last_row / g;
-  const int n_tiles = pos_last / BN + 1;
-
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < Stages; ++s) {
       mbar_init(bar_full + 8u * s, NP);        // one arrival per producer thread
       mbar_init(bar_empty + 8u * s, 4 * Cons);  // one arrival per consumer warp
     }
+    mbar_init(bar_q, 4 * Cons);
     mbar_init_fence();
   }
   __syncthreads();
 
+  // Persistent: CTA c takes work items c, c + gridDim.x, ... An item is a block of BM packed rows
+  // of one (sequence, KV head) pair. Items come in bands of pairs whose K/V fit in half the L2,
+  // one band after the other; inside a band, heaviest row blocks first (every pair's block Z - 1,
+  // then Z - 2, ...), so the CTAs read few pairs' K/V at a time and each band ends light.
+  const int Z = p.z_blocks, n_items = p.heads * Z, g = p.group;
+  struct work {
+    int b, hk, r0;
+  };
+  auto locate = [&](int item) {
+    const int band = item / (p.band_heads * Z);
+    const int band_first = band * p.band_heads;
+    const int in_band = item - band_first * Z;
+    const int hb = min(p.band_heads, p.heads - band_first);
+    const int zi = in_band / hb;
+    const long long pair = p.head0 + band_first + (in_band - zi * hb);
+    work w;
+    w.b = static_cast<int>(pair / p.kv.kv_heads);
+    w.hk = static_cast<int>(pair - static_cast<long long>(w.b) * p.kv.kv_heads);
+    w.r0 = (Z - 1 - zi) * BM;
+    return w;
+  };
+
+  // Round k of CTA c: item k G + c on even rounds, k G + G - 1 - c on odd ones (G CTAs). Items get
+  // lighter along the order, so the zig-zag evens out the CTAs' sums of work.
+  auto next_item = [&](int k) {
+    const int G = static_cast<int>(gridDim.x), c = static_cast<int>(blockIdx.x);
+    return k * G + ((k & 1) ? G - 1 - c : c);
+  };
+
   if (tid < NP) {  // ---- producer warpgroup
     setmaxnreg_dec<ProdRegs>();
-    for (int e = tid; e < BM * CH; e += NP) {
-      const int r = e / CH, c = e - r * CH;
-      const int pr = r0 + r;
-      const bool ok = pr < R;
-      const int i = ok ? pr / g : 0, j = ok ? pr - i * g : 0;
-      const T* src = p.q + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + j) * D + c * 8;
-      cp_async_16(sQ + (c >> 3) * QB + sw128(r, c & 7), src, ok);
-    }
     const T* const kb = kbase(p.kv);
     const T* const vb = vbase(p.kv);
     const int c = tid % CH, r_first = tid / CH;  // this thread's 16-byte column; rows NP / CH apart
     constexpr bool is_contiguous = std::is_same_v<View, contiguous_slot_view<T>>;
-    const std::size_t row0 = is_contiguous ? p.kv.offset(b, hk, 0) + static_cast<std::size_t>(c * 8) : 0;
-    for (int jt = 0; jt < n_tiles; ++jt) {
-      const int stage = jt % Stages;
-      if (jt >= Stages) mbar_wait(bar_empty + 8u * stage, ((jt / Stages) - 1) & 1);
-      const std::uint32_t dk = sK + stage * DB * KB + (c >> 3) * KB, dv = sV + stage * DB * KB + (c >> 3) * KB;
-#pragma unroll 4  // few registers: the producer runs on ProdRegs
-      for (int r = r_first; r < BN; r += NP / CH) {
-        const int tok = jt * BN + r;
-        const bool ok = tok <= pos_last;
-        std::size_t off;
-        if constexpr (is_contiguous) {
-          off = row0 + static_cast<std::size_t>(ok ? tok : 0) * D;  // one multiply-add per row
-        } else {
-          off = p.kv.offset(b, hk, ok ? tok : 0) + static_cast<std::size_t>(c * 8);
-        }
-        cp_async_16(dk + sw128(r, c & 7), kb + off, ok);
-        cp_async_16(dv + sw128(r, c & 7), vb + off, ok);
+    int ring = 0, loaded = 0;  // tiles streamed, items whose Q was loaded
+    for (int k = 0; k * static_cast<int>(gridDim.x) < n_items; ++k) {
+      const int item = next_item(k);
+      if (item >= n_items) continue;
+      const work w = locate(item);
+      const seq_rows sr = read_seq_rows(p.kv, p.ab, w.b);
+      const int R = sr.rows * g;
+      if (!sr.ok || w.r0 >= R) continue;  // the consumers write NaN rows / nothing
+      const int pos_last = sr.ctx - sr.rows + (min(R, w.r0 + BM) - 1) / g;
+      const int n_tiles = pos_last / BN + 1;
+      if (loaded > 0) mbar_wait(bar_q, (loaded - 1) & 1);
+      ++loaded;
+      for (int e = tid; e < BM * CH; e += NP) {
+        const int r = e / CH, cq = e - r * CH;
+        const int pr = w.r0 + r;
+        const bool ok = pr < R;
+        const int i = ok ? pr / g : 0, j = ok ? pr - i * g : 0;
+        const T* src = p.q + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + w.hk * g + j) * D + cq * 8;
+        cp_async_16(sQ + (cq >> 3) * QB + sw128(r, cq & 7), src, ok);
       }
-      cp_async_mbar_arrive(bar_full + 8u * stage);  // the first tile's arrival covers Q as well
+      const std::size_t row0 = is_contiguous ? p.kv.offset(w.b, w.hk, 0) + static_cast<std::size_t>(c * 8) : 0;
+      for (int jt = 0; jt < n_tiles; ++jt, ++ring) {
+        const int stage = ring % Stages;
+        if (ring >= Stages) mbar_wait(bar_empty + 8u * stage, ((ring / Stages) - 1) & 1);
+        const std::uint32_t dk = sK + stage * DB * KB + (c >> 3) * KB, dv = sV + stage * DB * KB + (c >> 3) * KB;
+#pragma unroll 2  // few registers: the producer runs on ProdRegs
+        for (int r = r_first; r < BN; r += NP / CH) {
+          const int tok = jt * BN + r;
+          const bool ok = tok <= pos_last;
+          std::size_t off;
+          if constexpr (is_contiguous) {
+            off = row0 + static_cast<std::size_t>(ok ? tok : 0) * D;  // one multiply-add per row
+          } else {
+            off = p.kv.offset(w.b, w.hk, ok ? tok : 0) + static_cast<std::size_t>(c * 8);
+          }
+          cp_async_16(dk + sw128(r, c & 7), kb + off, ok);
+          cp_async_16(dv + sw128(r, c & 7), vb + off, ok);
+        }
+        cp_async_mbar_arrive(bar_full + 8u * stage);  // an item's first tile's arrival covers its Q as well
+      }
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     return;
@@ -505,21 +526,9 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
   // and barrier ids then stay in uniform registers).
   const int cw = __shfl_sync(0xffffffffu, (tid - NP) >> 7, 0);
   const int lt = tid & 127, wl = lt >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-  const int wr0 = r0 + cw * 64;  // this warpgroup's first packed row
-  const int wg_min_pos = wr0 < R ? pos0 + wr0 / g : INT_MAX;
-  const int wg_max_pos = wr0 < R ? pos0 + min(R - 1, wr0 + 63) / g : -1;
-  const int my_tiles = wr0 < R ? min(n_tiles, wg_max_pos / BN + 1) : 0;
-  int my_pos[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int pr = wr0 + wl * 16 + gq + h * 8;
-    my_pos[h] = pr < R ? pos0 + pr / g : -1;
-  }
-
+  int wg_min_pos = 0, my_pos[2] = {0, 0};
   float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
+  float m[2], l[2], corr[2];
   float s[BN / 2];
   std::uint32_t pa[BN / 16][4];
 
@@ -608,17 +617,21 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
       }
     }
   };
-  auto wait_full = [&](int jt) {
-    mbar_wait(bar_full + 8u * (jt % Stages), (jt / Stages) & 1);
+  // t: position in the ring of buffers (tiles streamed since the kernel started).
+  auto wait_full = [&](int t) {
+    mbar_wait(bar_full + 8u * (t % Stages), (t / Stages) & 1);
     fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
   };
-  auto release = [&](int jt) {
-    if (lane == 0) mbar_arrive(bar_empty + 8u * (jt % Stages));
+  auto release = [&](int t) {
+    if (lane == 0) mbar_arrive(bar_empty + 8u * (t % Stages));
   };
-
+  auto release_q = [&]() {
+    if (lane == 0) mbar_arrive(bar_q);
+  };
   // PingPong: the consumers take turns to issue their products (named barrier 1 + c is consumer
   // c's turn; FlashAttention-3's inter-warpgroup schedule), so one's softmax runs while the
-  // tensor cores do another's products. Every consumer takes n_tiles turns; consumer 0 goes first.
+  // tensor cores do another's products. Every consumer takes a turn per tile of every item;
+  // consumer 0 goes first.
   auto turn_begin = [&]() {
     if constexpr (PingPong) named_bar_sync(1 + cw, 256);
   };
@@ -627,59 +640,94 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
   };
   if (PingPong && cw == Cons - 1) named_bar_arrive(1, 256);
 
-  if (my_tiles > 0) {
-    wait_full(0);
-    turn_begin();
-    issue_qk(0);
-    turn_end();
-    wgmma_wait<0>();
-    reg_fence(s);
-    softmax(0);
-    rescale_and_pack();
-    for (int jt = 1; jt < my_tiles; ++jt) {
-      wait_full(jt);
+  int ring = 0;
+  for (int k = 0; k * static_cast<int>(gridDim.x) < n_items; ++k) {
+    const int item = next_item(k);
+    if (item >= n_items) continue;
+    const work w = locate(item);
+    const seq_rows sr = read_seq_rows(p.kv, p.ab, w.b);
+    if (!sr.ok) {
+      prefill_nan_rows(p, sr, w.hk, w.r0, BM, D, tid - NP, Cons * 128);
+      continue;
+    }
+    const int R = sr.rows * g;
+    if (w.r0 >= R) continue;
+    const int pos0 = sr.ctx - sr.rows;
+    const int pos_last = pos0 + (min(R, w.r0 + BM) - 1) / g;
+    const int n_tiles = pos_last / BN + 1;
+    const int wr0 = w.r0 + cw * 64;  // this warpgroup's first packed row
+    wg_min_pos = wr0 < R ? pos0 + wr0 / g : INT_MAX;
+    const int wg_max_pos = wr0 < R ? pos0 + min(R - 1, wr0 + 63) / g : -1;
+    const int my_tiles = wr0 < R ? min(n_tiles, wg_max_pos / BN + 1) : 0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pr = wr0 + wl * 16 + gq + h * 8;
+      my_pos[h] = pr < R ? pos0 + pr / g : -1;
+      m[h] = -INFINITY;
+      l[h] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+
+    if (my_tiles > 0) {
+      wait_full(ring);
       turn_begin();
-      issue_qk(jt % Stages);
-      issue_pv((jt - 1) % Stages);
+      issue_qk(ring % Stages);
       turn_end();
-      wgmma_wait<1>();  // S of tile jt is ready; P V of tile jt - 1 may still run
+      wgmma_wait<0>();
       reg_fence(s);
-      softmax(jt);
+      if (my_tiles == 1) release_q();
+      softmax(0);
+      rescale_and_pack();
+      for (int jt = 1; jt < my_tiles; ++jt) {
+        wait_full(ring + jt);
+        turn_begin();
+        issue_qk((ring + jt) % Stages);
+        issue_pv((ring + jt - 1) % Stages);
+        turn_end();
+        wgmma_wait<1>();  // S of tile jt is ready; P V of tile jt - 1 may still run
+        reg_fence(s);
+        if (jt == my_tiles - 1) release_q();  // this item's last Q K^T is done
+        softmax(jt);
+        wgmma_wait<0>();
+        reg_fence(o);
+        reg_fence(pa);
+        release(ring + jt - 1);
+        rescale_and_pack();
+      }
+      issue_pv((ring + my_tiles - 1) % Stages);
       wgmma_wait<0>();
       reg_fence(o);
       reg_fence(pa);
-      release(jt - 1);
-      rescale_and_pack();
+      release(ring + my_tiles - 1);
+    } else {
+      release_q();
     }
-    issue_pv((my_tiles - 1) % Stages);
-    wgmma_wait<0>();
-    reg_fence(o);
-    reg_fence(pa);
-    release(my_tiles - 1);
-  }
-  for (int jt = my_tiles; jt < n_tiles; ++jt) {  // tiles past this warpgroup's rows: pass them on
-    mbar_wait(bar_full + 8u * (jt % Stages), (jt / Stages) & 1);
-    release(jt);
-    turn_begin();
-    turn_end();
-  }
-  if (PingPong && cw == 0) turn_begin();  // the last consumer's last turn ends at consumer 0
+    for (int jt = my_tiles; jt < n_tiles; ++jt) {  // tiles past this warpgroup's rows: pass them on
+      mbar_wait(bar_full + 8u * ((ring + jt) % Stages), ((ring + jt) / Stages) & 1);
+      release(ring + jt);
+      turn_begin();
+      turn_end();
+    }
+    ring += n_tiles;
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float lt_ = l[h];
-    lt_ += __shfl_xor_sync(0xffffffffu, lt_, 1);
-    lt_ += __shfl_xor_sync(0xffffffffu, lt_, 2);
-    const int pr = wr0 + wl * 16 + gq + h * 8;
-    if (pr >= R) continue;
-    const float inv = 1.f / lt_;
-    const int i = pr / g, jh = pr - i * g;
-    T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + jh) * D + 2 * tq;
+    for (int h = 0; h < 2; ++h) {
+      float lt_ = l[h];
+      lt_ += __shfl_xor_sync(0xffffffffu, lt_, 1);
+      lt_ += __shfl_xor_sync(0xffffffffu, lt_, 2);
+      const int pr = wr0 + wl * 16 + gq + h * 8;
+      if (pr >= R) continue;
+      const float inv = 1.f / lt_;
+      const int i = pr / g, jh = pr - i * g;
+      T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + w.hk * g + jh) * D + 2 * tq;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+      }
     }
   }
+  if (PingPong && cw == 0) turn_begin();  // the last consumer's last turn ends at consumer 0
 #else
   __trap();  // compiled for a target without wgmma: the launcher never picks this kernel there
 #endif
@@ -727,7 +775,8 @@ void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
     part.heads = static_cast<int>(std::min(per_launch, pairs - first));
     part.band_heads = band;
     part.z_blocks = Z;
-    const dim3 grid(static_cast<unsigned>(static_cast<long long>(part.heads) * Z));
+    const long long items = static_cast<long long>(part.heads) * Z;
+    const dim3 grid(static_cast<unsigned>(std::min<long long>(items, device_sms())));  // persistent: a CTA per SM
     launch_pdl(kernel, grid, dim3((Cons + 1) * 128), smem, stream, /*programmatic=*/false, part);
   }
 }
