@@ -53,6 +53,10 @@ def load_lib(path):
     lib.mlkv_bench_tune_decode_early.restype = None
     # MLKV_DECODE_EARLY=0: decode's split kernel starts plainly (NOTES.md v8), for A/B runs.
     lib.mlkv_bench_tune_decode_early(int(os.environ.get("MLKV_DECODE_EARLY", "1")))
+    # MLKV_PREFILL_BAND=N: the prefill's bands of heads hold at most L2 / N of K/V (NOTES.md v9).
+    lib.mlkv_bench_tune_prefill_band.argtypes = [i32]
+    lib.mlkv_bench_tune_prefill_band.restype = None
+    lib.mlkv_bench_tune_prefill_band(int(os.environ.get("MLKV_PREFILL_BAND", "2")))
     return lib
 
 

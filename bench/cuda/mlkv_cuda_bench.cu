@@ -65,6 +65,8 @@ int mlkv_bench_read(const void* buf, std::size_t bytes, unsigned* sink, int bloc
 /// Benchmarking knobs: force the decode split (0: the plan's), programmatic dependent launch on
 /// or off, the mma.sync prefill instead of the wgmma one, and the wgmma prefill's tile variant.
 void mlkv_bench_tune_decode_early(int on) { mlkv::cuda::detail::decode_early_start.store(on); }
+/// The warp-specialised prefill's band of (sequence, KV head) pairs: K/V of at most L2 / divisor.
+void mlkv_bench_tune_prefill_band(int divisor) { mlkv::cuda::detail::prefill_band_divisor.store(divisor); }
 
 void mlkv_bench_tune(int force_splits, int pdl, int prefill_mma, int prefill_variant) {
   mlkv::cuda::detail::decode_force_splits.store(force_splits);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# ncu of the prefill kernels (ours and cuDNN's) on two shapes: pipe utilisation and stalls.
+# ncu of the prefill kernels (ours and cuDNN's) on two shapes: duration, pipe utilisation, instructions.
+#   MLKV_LIB=path/libmlkv_cuda_bench.so bash bench/cuda/ncu_prefill.sh   (on the GPU machine)
 cd "$(dirname "$0")/../.."
-LIB=build-pre/libmlkv_cuda_bench.so
+LIB=${MLKV_LIB:-build-pre/libmlkv_cuda_bench.so}  # the benchmark library (prebuilt or from run_on_gpu.sh)
 M=gpu__time_duration.sum,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,launch__grid_size,launch__registers_per_thread
 for sh in "12 1 64 4 4096" "32 8 128 1 4096"; do
   echo "-- $sh"

@@ -33,6 +33,8 @@ namespace detail {
 /// than 0 picks another tile shape of the wgmma kernel (bench/cuda).
 inline std::atomic<int> prefill_force_mma{0};
 inline std::atomic<int> prefill_sm90_variant{0};
+/// The warp-specialised kernel's bands of (sequence, KV head) pairs hold at most L2 / this of K/V.
+inline std::atomic<int> prefill_band_divisor{2};
 
 inline constexpr int prefill_sm90_threads = 256;  // two warpgroups of 64 query rows
 
@@ -761,12 +763,17 @@ void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
   constexpr std::size_t smem = prefill_ws_smem_bytes<D, BN, Stages, Cons>();
   const auto kernel = prefill_ws_kernel<T, D, BN, Stages, Cons, ProdRegs, ConsRegs, PingPong, View>;
   MLKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  // Bands: as many (sequence, KV head) pairs as half the L2 holds at the longest context.
+  // Bands: at most as many (sequence, KV head) pairs as half the L2 holds at the longest context
+  // (prefill_band_divisor; L2 / 4 and / 8 were no better on the benchmark's rows).
   const int Z = static_cast<int>((packed + BM - 1) / BM);
   const long long pair_bytes = static_cast<long long>(p.ab.max_context) * D * 2 * static_cast<long long>(sizeof(T));
   const long long pairs = static_cast<long long>(p.ab.batch) * p.kv.kv_heads;
-  const long long fit = device_l2_bytes() / 2 / (pair_bytes > 0 ? pair_bytes : 1);
-  const int band = static_cast<int>(std::clamp<long long>(fit, 1, std::min<long long>(pairs, INT_MAX / Z)));
+  const long long fit =
+      device_l2_bytes() / std::max(1, prefill_band_divisor.load(std::memory_order_relaxed)) / (pair_bytes > 0 ? pair_bytes : 1);
+  // Bands of equal size: a small last band would leave SMs idle (NOTES.md v9).
+  const long long cap = std::clamp<long long>(fit, 1, std::min<long long>(pairs, INT_MAX / Z));
+  const long long n_bands = (pairs + cap - 1) / cap;
+  const int band = static_cast<int>((pairs + n_bands - 1) / n_bands);
   // One launch covers whole bands and at most INT_MAX CTAs.
   const long long per_launch = static_cast<long long>(INT_MAX / Z / band) * band;
   for (long long first = 0; first < pairs; first += per_launch) {
