@@ -530,7 +530,8 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
   const int lt = tid & 127, wl = lt >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
   int wg_min_pos = 0, my_pos[2] = {0, 0};
   float o[D / 2];
-  float m[2], l[2], corr[2];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
+  bool rescale = true;  // warp-uniform: this tile moved the running maximum
   float s[BN / 2];
   std::uint32_t pa[BN / 16][4];
 
@@ -580,17 +581,30 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
       }
     }
     const float sc = p.scale_log2;
+    float mx[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+      float x = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx * sc);
-      const float base = m_new == -INFINITY ? 0.f : m_new;
-      corr[h] = fast_exp2(m[h] - base);
-      m[h] = m_new;
+      for (int n = 0; n < BN / 8; ++n) x = fmaxf(x, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+      mx[h] = x * sc;
+    }
+    // Lazy rescaling (as FlashAttention-4 does): the running maximum moves, and O and l are
+    // rescaled, only when some row of the warp grew by more than 8 (log2 units); otherwise the
+    // stale maximum stays, the weights are at most 2^8 and O, l keep their scale.
+    rescale = __any_sync(0xffffffffu, mx[0] > m[0] + 8.f || mx[1] > m[1] + 8.f);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (rescale) {
+        const float m_new = fmaxf(m[h], mx[h]);
+        corr[h] = fast_exp2(m[h] - (m_new == -INFINITY ? 0.f : m_new));
+        m[h] = m_new;
+      } else {
+        corr[h] = 1.f;
+      }
+      const float base = m[h] == -INFINITY ? 0.f : m[h];
       float rs = 0.f;
 #pragma unroll
       for (int n = 0; n < BN / 8; ++n) {
@@ -603,12 +617,14 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
   };
   // After P V of the previous tile has finished: O *= corr, P = bf16/f16(s) as the A fragments.
   auto rescale_and_pack = [&]() {
+    if (rescale) {
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[4 * n] *= corr[0];
-      o[4 * n + 1] *= corr[0];
-      o[4 * n + 2] *= corr[1];
-      o[4 * n + 3] *= corr[1];
+      for (int n = 0; n < D / 8; ++n) {
+        o[4 * n] *= corr[0];
+        o[4 * n + 1] *= corr[0];
+        o[4 * n + 2] *= corr[1];
+        o[4 * n + 3] *= corr[1];
+      }
     }
 #pragma unroll
     for (int kt = 0; kt < BN / 16; ++kt) {
