@@ -128,50 +128,49 @@ inline void device_info(int& sms, int& cc) {
   cc = major * 10 + minor;
 }
 
+/// f(dev) for the current device, computed once per device (devices 0-15; others every call).
+template <class V, class F>
+V per_device_cached(std::atomic<V> (&cache)[16], F&& f) {
+  int dev = 0;
+  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
+  const bool cached = dev >= 0 && dev < 16;
+  if (cached) {
+    const V c = cache[dev].load(std::memory_order_relaxed);
+    if (c != 0) return c;
+  }
+  const V v = f(dev);
+  if (cached) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
 /// The current device's multiprocessor count, cached per device.
 inline int device_sms() {
   static std::atomic<int> cache[16];
-  int dev = 0;
-  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < 16) {
-    const int c = cache[dev].load(std::memory_order_relaxed);
-    if (c != 0) return c;
-  }
-  int sms = 0, cc = 0;
-  device_info(sms, cc);
-  if (dev >= 0 && dev < 16) cache[dev].store(sms, std::memory_order_relaxed);
-  return sms;
+  return per_device_cached(cache, [](int) {
+    int sms = 0, cc = 0;
+    device_info(sms, cc);
+    return sms;
+  });
 }
 
 /// The current device's L2 size in bytes, cached per device.
 inline long long device_l2_bytes() {
   static std::atomic<long long> cache[16];
-  int dev = 0;
-  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < 16) {
-    const long long c = cache[dev].load(std::memory_order_relaxed);
-    if (c != 0) return c;
-  }
-  int l2 = 0;
-  MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-  const long long bytes = l2 > 0 ? l2 : (1ll << 20);
-  if (dev >= 0 && dev < 16) cache[dev].store(bytes, std::memory_order_relaxed);
-  return bytes;
+  return per_device_cached(cache, [](int dev) {
+    int l2 = 0;
+    MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    return l2 > 0 ? static_cast<long long>(l2) : (1ll << 20);
+  });
 }
 
 /// The current device's compute capability (major * 10 + minor), cached per device.
 inline int device_cc() {
   static std::atomic<int> cache[16];
-  int dev = 0;
-  MLKV_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < 16) {
-    const int c = cache[dev].load(std::memory_order_relaxed);
-    if (c != 0) return c;
-  }
-  int sms = 0, cc = 0;
-  device_info(sms, cc);
-  if (dev >= 0 && dev < 16) cache[dev].store(cc, std::memory_order_relaxed);
-  return cc;
+  return per_device_cached(cache, [](int) {
+    int sms = 0, cc = 0;
+    device_info(sms, cc);
+    return cc;
+  });
 }
 
 /// Benchmarking knob (bench/cuda only): 0 turns programmatic dependent launch off.

@@ -150,6 +150,30 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const std::uint32_
 }
 #endif
 
+/// The end of a warpgroup's rows: O / l in the storage type. This thread holds packed rows r and
+/// r + 8 (h = 0, 1) of the wgmma accumulator layout: o[4 n + 2 h + e] is column 8 n + 2 tq + e; l
+/// is the thread's part of the row sum (the quad of lanes sharing a row adds its parts).
+template <class T, int D, class View>
+__device__ __forceinline__ void store_wgmma_rows(const prefill_params<T, View>& p, const float (&o)[D / 2],
+                                                 const float (&l)[2], int first, int hk, int r, int R, int tq) {
+  const int g = p.group;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lt = l[h];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int pr = r + h * 8;
+    if (pr >= R) continue;
+    const float inv = 1.f / lt;
+    const int i = pr / g, jh = pr - i * g;
+    T* const dst = p.out + ((static_cast<std::size_t>(first) + i) * p.q_heads + hk * g + jh) * D + 2 * tq;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+    }
+  }
+}
+
 /// One CTA per (sequence, KV head, block of 128 packed rows), heaviest blocks first.
 template <class T, int D, int BN, int MinBlocks, class View>
 __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_kernel(const prefill_params<T, View> p) {
@@ -306,21 +330,7 @@ __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_
     __syncthreads();  // both warpgroups are done with this stage before it is refilled
   }
 
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float lt = l[h];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const int pr = wr0 + wl * 16 + gq + h * 8;
-    if (pr >= R) continue;
-    const float inv = 1.f / lt;
-    const int i = pr / g, jh = pr - i * g;
-    T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + hk * g + jh) * D + 2 * tq;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
-    }
-  }
+  store_wgmma_rows<T, D>(p, o, l, sr.first, hk, wr0 + wl * 16 + gq, R, tq);
 #else
   __trap();  // compiled for a target without wgmma: the launcher never picks this kernel there
 #endif
@@ -729,21 +739,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
     }
     ring += n_tiles;
 
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float lt_ = l[h];
-      lt_ += __shfl_xor_sync(0xffffffffu, lt_, 1);
-      lt_ += __shfl_xor_sync(0xffffffffu, lt_, 2);
-      const int pr = wr0 + wl * 16 + gq + h * 8;
-      if (pr >= R) continue;
-      const float inv = 1.f / lt_;
-      const int i = pr / g, jh = pr - i * g;
-      T* const dst = p.out + ((static_cast<std::size_t>(sr.first) + i) * p.q_heads + w.hk * g + jh) * D + 2 * tq;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<std::uint32_t*>(dst + 8 * n) = pack2<T>(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
-      }
-    }
+    store_wgmma_rows<T, D>(p, o, l, sr.first, w.hk, wr0 + wl * 16 + gq, R, tq);
   }
   if (PingPong && cw == 0) turn_begin();  // the last consumer's last turn ends at consumer 0
 #else
