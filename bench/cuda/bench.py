@@ -105,6 +105,19 @@ def time_calls(fn, n_calls, trials=7):
     return statistics.median(ts), min(ts), mode
 
 
+def matmul_tflops():
+    """The tensor cores' dense bf16 rate as cuBLAS reaches it (torch.mm, 8192^3, best of a few
+    graph replays): the compute limit that the prefill rows are set against."""
+    n = 8192
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    c = torch.empty(n, n, dtype=torch.bfloat16, device="cuda")
+    _, us_min, _ = time_calls(lambda i: torch.mm(a, b, out=c), 10)
+    del a, b, c
+    torch.cuda.empty_cache()
+    return 2.0 * n ** 3 / us_min / 1e6
+
+
 def read_bandwidth(lib, sms):
     """Best of a few shapes of the read-only kernel over a 4 GiB buffer (80x the L2)."""
     nbytes = 4 << 30
@@ -295,10 +308,12 @@ def main():
     print("device %s, %d SMs, L2 %d MB, torch %s" % (prop.name, sms, l2 >> 20, torch.__version__), flush=True)
     print("read bandwidth (own kernel, best of %d shapes): %.3f TB/s; torch.sum %.3f, copy (r+w) %.3f" % (
         len(read_all), read_tbps, torch_sum, copy), flush=True)
+    mm_tflops = matmul_tflops()
+    print("dense bf16 matmul (torch.mm 8192^3): %.1f TFLOP/s" % mm_tflops, flush=True)
     result = {"gpu": prop.name, "sms": sms, "l2_bytes": l2, "torch": torch.__version__,
               "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "read_bw_tbps": read_tbps, "read_bw_kernel": best, "read_bw_all": read_all,
-              "torch_sum_tbps": torch_sum, "copy_tbps_read_plus_write": copy,
+              "torch_sum_tbps": torch_sum, "copy_tbps_read_plus_write": copy, "mm_bf16_tflops": mm_tflops,
               "timing": "CUDA graph of many calls, replayed; median of 7 replays; inputs rotated over copies "
                         "until one graph pass reads at least 4x the L2", "decode": [], "prefill": []}
     if args.rows:
@@ -339,13 +354,16 @@ def main():
         for b in (PREFILL_BATCHES if not args.quick else [1]):
             try:
                 row = bench_prefill(lib, name, hq, hkv, d, b, PREFILL_S)
+                row["pct_of_mm"] = 100.0 * row["tflops"] / mm_tflops
+                row["torch_pct_of_mm"] = 100.0 * row["torch_tflops"] / mm_tflops
             except Exception as ex:  # noqa: BLE001
                 row = {"geometry": name, "batch": b, "error": str(ex)[:300]}
             result["prefill"].append(row)
             if "us" in row:
-                print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s | torch %9.1f us %6.1f TFLOP/s x%5.2f err %.1e"
-                      " | mma.sync %.1f us | %s" % (
-                          name, b, PREFILL_S, row["us"], row["tflops"], row["torch_us"], row["torch_tflops"],
+                print("prefill %-9s B%d S%d %9.1f us %6.1f TFLOP/s (%2.0f%% of mm) | torch %9.1f us %6.1f TFLOP/s"
+                      " x%5.2f err %.1e | mma.sync %.1f us | %s" % (
+                          name, b, PREFILL_S, row["us"], row["tflops"], row["pct_of_mm"], row["torch_us"],
+                          row["torch_tflops"],
                           row["speedup"], row["max_rel_diff_vs_torch"], row["us_mma_sync"],
                           " ".join("v%s %.1f us (err %.1e)" % (k, x["us"], x["max_rel_diff_vs_torch"])
                                    for k, x in row.get("us_wgmma_variants", {}).items())), flush=True)
@@ -433,15 +451,17 @@ def write_table(r, path):
         else:
             lines.append("| %s | %d | %d | | %s | | | | |" % (x["geometry"], x["batch"], x["context"],
                                                             x.get("skipped", x.get("error", ""))[:60]))
-    lines += ["", "Causal prefill (bf16, S = %d new tokens, no cached prefix):" % PREFILL_S, "",
-              "| geometry | batch | mlkv us | TFLOP/s | PyTorch us | PyTorch TFLOP/s | speedup |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "Causal prefill (bf16, S = %d new tokens, no cached prefix); %% of mm: of the dense bf16 "
+              "matmul rate measured in the same run (%.0f TFLOP/s):" % (PREFILL_S, r["mm_bf16_tflops"]), "",
+              "| geometry | batch | mlkv us | TFLOP/s | % of mm | PyTorch us | PyTorch TFLOP/s | speedup |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["prefill"]:
         if "us" in x:
-            lines.append("| %s | %d | %.1f | %.0f | %.1f | %.0f | %.2fx |" % (
-                x["geometry"], x["batch"], x["us"], x["tflops"], x["torch_us"], x["torch_tflops"], x["speedup"]))
+            lines.append("| %s | %d | %.1f | %.0f | %.0f%% | %.1f | %.0f | %.2fx |" % (
+                x["geometry"], x["batch"], x["us"], x["tflops"], x["pct_of_mm"], x["torch_us"], x["torch_tflops"],
+                x["speedup"]))
         else:
-            lines.append("| %s | %d | %s | | | | |" % (x["geometry"], x["batch"], x.get("error", "")[:60]))
+            lines.append("| %s | %d | %s | | | | | |" % (x["geometry"], x["batch"], x.get("error", "")[:60]))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -25,9 +25,9 @@ struct prefill_params {
   int q_heads;
   int group;
   float scale_log2;
-  // Launch order of the warp-specialised kernel (prefill_sm90.cuh): CTA i of a launch works on
-  // (sequence, KV head) pairs head0 .. head0 + heads - 1, flattened b * kv_heads + hk, taken in
-  // bands of band_heads pairs; inside a band, heaviest row blocks first. z_blocks: row blocks per pair.
+  // Work order of the warp-specialised kernel (prefill_sm90.cuh): a launch covers the (sequence,
+  // KV head) pairs head0 .. head0 + heads - 1, flattened b * kv_heads + hk, in bands of band_heads
+  // pairs; inside a band, heaviest row blocks first. z_blocks: row blocks per pair.
   long long head0 = 0;
   int heads = 0;
   int band_heads = 1;

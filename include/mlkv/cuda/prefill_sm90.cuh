@@ -29,8 +29,8 @@
 namespace mlkv::cuda {
 namespace detail {
 
-/// Benchmarking and test knobs: 1 sends every prefill to the mma.sync kernel; a variant other
-/// than 0 picks another tile shape of the wgmma kernel (bench/cuda).
+/// Benchmarking and test knobs: 1 sends every prefill to the mma.sync kernel; variant 2 picks the
+/// wgmma kernel without producer, 3 the warp-specialised one without ping-pong (launch_prefill_sm90).
 inline std::atomic<int> prefill_force_mma{0};
 inline std::atomic<int> prefill_sm90_variant{0};
 /// The warp-specialised kernel's bands of (sequence, KV head) pairs hold at most L2 / this of K/V.
@@ -59,9 +59,11 @@ __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wgmma_wait_all() {
+/// Waits until at most N of this warpgroup's committed wgmma groups are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
 #if defined(MLKV_WGMMA_ENABLED)
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
 /// Orders this thread's earlier shared-memory writes (cp.async included) before the tensor cores'
@@ -149,6 +151,17 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const std::uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
 }
 #endif
+
+/// The maximum of a row of the wgmma accumulator layout over a tile of BN tokens: this thread's
+/// values of row h (s[4 n + 2 h], s[4 n + 2 h + 1]), then across the quad of lanes that share it.
+template <int BN>
+__device__ __forceinline__ float quad_row_max(const float (&s)[BN / 2], int h) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+}
 
 /// The end of a warpgroup's rows: O / l in the storage type. This thread holds packed rows r and
 /// r + 8 (h = 0, 1) of the wgmma accumulator layout: o[4 n + 2 h + e] is column 8 n + 2 tq + e; l
@@ -273,7 +286,7 @@ __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_
         }
       }
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<0>();
 
       // s[4 n + e]: row gq + 8 (e / 2), token 8 n + 2 tq + e % 2 of the tile.
       const bool masked = (jt + 1) * BN - 1 > wg_min_pos;
@@ -286,12 +299,7 @@ __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_
       std::uint32_t pa[BN / 16][4];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[h], mx);
+        const float m_new = fmaxf(m[h], quad_row_max<BN>(s, h));
         const float base = m_new == -INFINITY ? 0.f : m_new;
         const float corr = fast_exp2(m[h] - base);
         m[h] = m_new;
@@ -325,7 +333,7 @@ __global__ void __launch_bounds__(prefill_sm90_threads, MinBlocks) prefill_sm90_
         }
       }
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<0>();
     }
     __syncthreads();  // both warpgroups are done with this stage before it is refilled
   }
@@ -365,12 +373,6 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-#if defined(MLKV_WGMMA_ENABLED)
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
 #if defined(MLKV_WGMMA_ENABLED)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
@@ -405,8 +407,9 @@ __device__ __forceinline__ void reg_fence(std::uint32_t (&r)[N][4]) {
   }
 }
 
-/// Shared memory of the warp-specialised kernel: Q (Cons x 64 rows), rings of Stages K and Stages
-/// V buffers of BN rows, then 4 x Stages mbarriers; 1 KB to align the base to a swizzle atom.
+/// Shared memory of the warp-specialised kernel: Q (Cons x 64 rows), a ring of Stages (K, V)
+/// buffer pairs of BN rows, then 2 x Stages + 1 mbarriers (full, empty, Q); 1 KB to align the base
+/// to a swizzle atom.
 template <int D, int BN, int Stages, int Cons>
 __host__ __device__ constexpr std::size_t prefill_ws_smem_bytes() {
   return static_cast<std::size_t>(64 * Cons + Stages * 2 * BN) * D * 2u + 16u * Stages + 8u + 1024u;
@@ -591,16 +594,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
       }
     }
     const float sc = p.scale_log2;
-    float mx[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float x = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) x = fmaxf(x, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
-      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-      mx[h] = x * sc;
-    }
+    const float mx[2] = {quad_row_max<BN>(s, 0) * sc, quad_row_max<BN>(s, 1) * sc};
     // Lazy rescaling (as FlashAttention-4 does): the running maximum moves, and O and l are
     // rescaled, only when some row of the warp grew by more than 8 (log2 units); otherwise the
     // stale maximum stays, the weights are at most 2^8 and O, l keep their scale.
