@@ -34,7 +34,7 @@ BATCHES = [1, 16, 64, 256]
 CONTEXTS = [1024, 4096, 16384, 32768]
 PREFILL_S = 4096
 PREFILL_BATCHES = [1, 4]
-PREFILL_VARIANTS = [2, 3]  # wgmma prefill variants timed beside the default (0): prefill_sm90.cuh
+PREFILL_VARIANTS = [2, 3, 4]  # wgmma prefill variants timed beside the default (0): prefill_sm90.cuh (4: no TMA)
 
 
 def load_lib(path):

@@ -232,11 +232,11 @@ TEST_CASE("CUDA prefill fallback (mma.sync) on the head dims the wgmma kernel ta
   long_prefill<gqa32_8_d128, mlkv::f16>({300, 40}, {100, 3}, 8);
 }
 
-TEST_CASE("CUDA prefill: the other variants of the wgmma kernels (without producer; without ping-pong)", "[cuda]") {
+TEST_CASE("CUDA prefill: the other variants of the wgmma kernels (without producer; without ping-pong; without TMA)", "[cuda]") {
   struct restore {
     ~restore() { mlkv_cuda_test::set_prefill_sm90_variant(0); }
   } r;
-  for (int variant : {2, 3}) {
+  for (int variant : {2, 3, 4}) {
     INFO("variant " << variant);
     mlkv_cuda_test::set_prefill_sm90_variant(variant);
     long_prefill<mqa_d64, mlkv::bf16>({700, 129, 1}, {200, 129, 1}, 16);

@@ -6,8 +6,8 @@
 /// MLKV_CUDA_SM90A).
 ///
 /// Two kernels. prefill_ws_kernel (the default) is warp-specialised after FlashAttention-3 (Shah
-/// et al. 2024): a producer warpgroup streams K/V tiles through a ring of buffers with cp.async
-/// and mbarriers while two or three consumer warpgroups of 64 packed query rows each compute
+/// et al. 2024): a producer warpgroup streams K/V tiles through a ring of buffers (TMA for the
+/// whole tiles of contiguous caches, cp.async for paged ones and tail tiles) and mbarriers while two or three consumer warpgroups of 64 packed query rows each compute
 /// S = Q K^T and O += P V with wgmma, overlapping one tile's softmax with the previous tile's
 /// P V and taking turns on the tensor cores (see its comment). prefill_sm90_kernel is the simpler
 /// kernel without producer: two warpgroups that load and compute in turn, 64-token tiles, two
@@ -17,6 +17,7 @@
 /// layouts (PTX ISA, "Shared Memory Matrix Layout"): rows of 64 values (128 B) in 8-row atoms of
 /// 1 KB, 16-byte chunk c of row r stored at chunk c ^ (r % 8).
 
+#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder comes through the runtime)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,7 +31,8 @@ namespace mlkv::cuda {
 namespace detail {
 
 /// Benchmarking and test knobs: 1 sends every prefill to the mma.sync kernel; variant 2 picks the
-/// wgmma kernel without producer, 3 the warp-specialised one without ping-pong (launch_prefill_sm90).
+/// wgmma kernel without producer, 3 the warp-specialised one without ping-pong, 4 the
+/// warp-specialised one with cp.async for every tile (no TMA) (launch_prefill_sm90).
 inline std::atomic<int> prefill_force_mma{0};
 inline std::atomic<int> prefill_sm90_variant{0};
 /// The warp-specialised kernel's bands of (sequence, KV head) pairs hold at most L2 / this of K/V.
@@ -372,6 +374,24 @@ __device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
 __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+/// Adds `bytes` to the transactions the current phase of `bar` waits for (no arrival).
+__device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+/// TMA: the box of `map` at coordinates (x, y, z) into shared memory at dst; its bytes count as
+/// transactions of `bar`.
+__device__ __forceinline__ void tma_load_3d(std::uint32_t dst, const CUtensorMap* map, int x, int y, int z,
+                                            std::uint32_t bar) {
+#if defined(MLKV_WGMMA_ENABLED)
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(z), "r"(bar)
+      : "memory");
+#endif
+}
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
 #if defined(MLKV_WGMMA_ENABLED)
@@ -407,6 +427,15 @@ __device__ __forceinline__ void reg_fence(std::uint32_t (&r)[N][4]) {
   }
 }
 
+/// Tensor maps of a contiguous cache's K and V for the warp-specialised kernel's TMA loads: each
+/// is [batch x kv_heads][capacity][head_dim] with boxes of 64 values x BN tokens, 128-byte
+/// swizzle (the layout the consumers' descriptors read). on == 0: the producer loads every tile
+/// with cp.async (paged views; no encoder in the driver; an address TMA does not take).
+struct kv_tensor_maps {
+  CUtensorMap k, v;
+  int on;
+};
+
 /// Shared memory of the warp-specialised kernel: Q (Cons x 64 rows), a ring of Stages (K, V)
 /// buffer pairs of BN rows, then 2 x Stages + 1 mbarriers (full, empty, Q); 1 KB to align the base
 /// to a swizzle atom.
@@ -415,12 +444,13 @@ __host__ __device__ constexpr std::size_t prefill_ws_smem_bytes() {
   return static_cast<std::size_t>(64 * Cons + Stages * 2 * BN) * D * 2u + 16u * Stages + 8u + 1024u;
 }
 
-/// The warp-specialised wgmma prefill (FlashAttention-3's structure, Shah et al. 2024, with
-/// cp.async in place of TMA so that contiguous and paged views share it). Persistent: one CTA per
-/// SM walks work items (blocks of 64 x Cons packed rows of one (sequence, KV head) pair).
-/// Warpgroup 0 is the producer: it gives most of its registers away (setmaxnreg) and streams each
-/// item's Q and K/V tiles into a ring of Stages buffers with cp.async; each thread's copies of a
-/// tile signal the buffer's "full" mbarrier when they land, and an item's Q waits until the
+/// The warp-specialised wgmma prefill (FlashAttention-3's structure, Shah et al. 2024).
+/// Persistent: one CTA per SM walks work items (blocks of 64 x Cons packed rows of one (sequence,
+/// KV head) pair). Warpgroup 0 is the producer: it gives most of its registers away (setmaxnreg)
+/// and streams each item's Q and K/V tiles into a ring of Stages buffers: whole tiles of a
+/// contiguous cache with TMA (tm; one thread issues the copies, their bytes complete the buffer's
+/// "full" mbarrier), tail tiles, paged caches and Q with cp.async (each thread's copies of a
+/// tile signal the buffer's "full" mbarrier when they land). An item's Q waits until the
 /// consumers are done with the previous one's (bar_q). Warpgroups 1..Cons are consumers of 64
 /// packed rows each. A consumer issues S = Q K_j^T and O += P_{j-1} V_{j-1} back to back, waits
 /// for S only, runs the online softmax of tile j while the tensor cores do P V, then waits for
@@ -429,7 +459,8 @@ __host__ __device__ constexpr std::size_t prefill_ws_smem_bytes() {
 /// band of heads run close in time (see locate), and the producer loads the next item's tiles
 /// while the consumers finish the current one.
 template <class T, int D, int BN, int Stages, int Cons, int ProdRegs, int ConsRegs, bool PingPong, class View>
-__global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const prefill_params<T, View> p) {
+__global__ void __launch_bounds__((Cons + 1) * 128, 1)
+    prefill_ws_kernel(const prefill_params<T, View> p, const __grid_constant__ kv_tensor_maps tm) {
 #if defined(MLKV_WGMMA_ENABLED)
   static_assert(D == 64 || D == 128, "mlkv: the wgmma prefill takes head dim 64 or 128");
   static_assert(BN == 64 || BN == 128, "mlkv: the wgmma prefill takes 64 or 128 tokens per tile");
@@ -490,6 +521,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
     const T* const vb = vbase(p.kv);
     const int c = tid % CH, r_first = tid / CH;  // this thread's 16-byte column; rows NP / CH apart
     constexpr bool is_contiguous = std::is_same_v<View, contiguous_slot_view<T>>;
+    const bool tma = is_contiguous && tm.on != 0;
     int ring = 0, loaded = 0;  // tiles streamed, items whose Q was loaded
     for (int k = 0; k * static_cast<int>(gridDim.x) < n_items; ++k) {
       const int item = next_item(k);
@@ -511,9 +543,26 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
         cp_async_16(sQ + (cq >> 3) * QB + sw128(r, cq & 7), src, ok);
       }
       const std::size_t row0 = is_contiguous ? p.kv.offset(w.b, w.hk, 0) + static_cast<std::size_t>(c * 8) : 0;
+      const int pair = w.b * p.kv.kv_heads + w.hk;
       for (int jt = 0; jt < n_tiles; ++jt, ++ring) {
         const int stage = ring % Stages;
         if (ring >= Stages) mbar_wait(bar_empty + 8u * stage, ((ring / Stages) - 1) & 1);
+        const std::uint32_t bar = bar_full + 8u * stage;
+        if (tma && (jt + 1) * BN - 1 <= pos_last) {
+          // Every token of the tile is in the context: TMA copies of K and V (one thread issues
+          // them; their bytes complete the phase). A tail tile takes cp.async, whose zero fill keeps
+          // P V finite over the tokens past the context.
+          if (tid == 0) {
+            mbar_expect_tx(bar, 2u * DB * KB);
+#pragma unroll
+            for (int cb = 0; cb < DB; ++cb) {
+              tma_load_3d(sK + stage * DB * KB + cb * KB, &tm.k, cb * 64, jt * BN, pair, bar);
+              tma_load_3d(sV + stage * DB * KB + cb * KB, &tm.v, cb * 64, jt * BN, pair, bar);
+            }
+          }
+          cp_async_mbar_arrive(bar);  // also covers the item's Q on its first tile
+          continue;
+        }
         const std::uint32_t dk = sK + stage * DB * KB + (c >> 3) * KB, dv = sV + stage * DB * KB + (c >> 3) * KB;
 #pragma unroll 2  // few registers: the producer runs on ProdRegs
         for (int r = r_first; r < BN; r += NP / CH) {
@@ -528,7 +577,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
           cp_async_16(dk + sw128(r, c & 7), kb + off, ok);
           cp_async_16(dv + sw128(r, c & 7), vb + off, ok);
         }
-        cp_async_mbar_arrive(bar_full + 8u * stage);  // an item's first tile's arrival covers its Q as well
+        cp_async_mbar_arrive(bar);  // an item's first tile's arrival covers its Q as well
       }
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -639,10 +688,13 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
       }
     }
   };
-  // t: position in the ring of buffers (tiles streamed since the kernel started).
-  auto wait_full = [&](int t) {
+  // t: position in the ring of buffers (tiles streamed since the kernel started). generic: the
+  // tile (or the item's Q, loaded with its first tile) came through cp.async, which writes through
+  // the generic proxy while wgmma reads through the async one; TMA writes through the async proxy.
+  const bool tma = std::is_same_v<View, contiguous_slot_view<T>> && tm.on != 0;
+  auto wait_full = [&](int t, bool generic) {
     mbar_wait(bar_full + 8u * (t % Stages), (t / Stages) & 1);
-    fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+    if (generic) fence_proxy_async();
   };
   auto release = [&](int t) {
     if (lane == 0) mbar_arrive(bar_empty + 8u * (t % Stages));
@@ -691,8 +743,10 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
 
+    // Tiles that came through cp.async: all without TMA, else the first (Q) and the tail.
+    auto generic = [&](int jt) { return !tma || jt == 0 || (jt + 1) * BN - 1 > pos_last; };
     if (my_tiles > 0) {
-      wait_full(ring);
+      wait_full(ring, true);
       turn_begin();
       issue_qk(ring % Stages);
       turn_end();
@@ -702,7 +756,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1) prefill_ws_kernel(const p
       softmax(0);
       rescale_and_pack();
       for (int jt = 1; jt < my_tiles; ++jt) {
-        wait_full(ring + jt);
+        wait_full(ring + jt, generic(jt));
         turn_begin();
         issue_qk((ring + jt) % Stages);
         issue_pv((ring + jt - 1) % Stages);
@@ -762,8 +816,58 @@ void launch_prefill_sm90_shape(const prefill_params<T, View>& p, cudaStream_t st
   launch_pdl(kernel, grid, dim3(prefill_sm90_threads), smem, stream, /*programmatic=*/false, p);
 }
 
+/// cuTensorMapEncodeTiled, through the runtime (no link to the driver library); null where the
+/// driver has none.
+using tensor_map_encoder = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                        const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                        CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+inline tensor_map_encoder tensor_map_encode_fn() {
+  static const tensor_map_encoder fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<tensor_map_encoder>(nullptr);
+    }
+    return reinterpret_cast<tensor_map_encoder>(f);
+  }();
+  return fn;
+}
+
+/// The K and V tensor maps of a contiguous view (on = 0 for other views, when `want` is false or
+/// when the driver declines the view, e.g. a base address that is not 16-byte aligned: the kernel
+/// then loads with cp.async).
+template <class T, int D, int BN, class View>
+kv_tensor_maps make_kv_tensor_maps(const View& kv, bool want) {
+  kv_tensor_maps m{};
+  m.on = 0;
+  if constexpr (std::is_same_v<View, contiguous_slot_view<T>>) {
+    const tensor_map_encoder encode = want ? tensor_map_encode_fn() : nullptr;
+    if (encode == nullptr || kv.capacity <= 0 || kv.batch <= 0 || kv.kv_heads <= 0) return m;
+    const CUtensorMapDataType type =
+        std::is_same_v<T, bf16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(kv.capacity),
+                                static_cast<cuuint64_t>(kv.batch) * static_cast<cuuint64_t>(kv.kv_heads)};
+    const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D) * sizeof(T),
+                                   static_cast<cuuint64_t>(kv.capacity) * D * sizeof(T)};
+    const cuuint32_t box[3] = {64u, static_cast<cuuint32_t>(BN), 1u};
+    const cuuint32_t unit[3] = {1u, 1u, 1u};
+    auto one = [&](CUtensorMap* map, const T* base) {
+      return encode(map, type, 3, const_cast<T*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    };
+    if (one(&m.k, kv.k) && one(&m.v, kv.v)) m.on = 1;
+  } else {
+    (void)kv;
+    (void)want;
+  }
+  return m;
+}
+
 template <class T, int D, int BN, int Stages, int Cons, int ProdRegs, int ConsRegs, bool PingPong, class View>
-void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
+void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream, bool use_tma) {
   constexpr int BM = 64 * Cons;
   const long long packed = static_cast<long long>(p.ab.max_rows) * p.group;
   constexpr std::size_t smem = prefill_ws_smem_bytes<D, BN, Stages, Cons>();
@@ -780,6 +884,7 @@ void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
   const long long cap = std::clamp<long long>(fit, 1, std::min<long long>(pairs, INT_MAX / Z));
   const long long n_bands = (pairs + cap - 1) / cap;
   const int band = static_cast<int>((pairs + n_bands - 1) / n_bands);
+  const kv_tensor_maps maps = make_kv_tensor_maps<T, D, BN>(p.kv, use_tma);
   // One launch covers whole bands and at most INT_MAX CTAs.
   const long long per_launch = static_cast<long long>(INT_MAX / Z / band) * band;
   for (long long first = 0; first < pairs; first += per_launch) {
@@ -790,7 +895,7 @@ void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
     part.z_blocks = Z;
     const long long items = static_cast<long long>(part.heads) * Z;
     const dim3 grid(static_cast<unsigned>(std::min<long long>(items, device_sms())));  // persistent: a CTA per SM
-    launch_pdl(kernel, grid, dim3((Cons + 1) * 128), smem, stream, /*programmatic=*/false, part);
+    launch_pdl(kernel, grid, dim3((Cons + 1) * 128), smem, stream, /*programmatic=*/false, part, maps);
   }
 }
 
@@ -800,7 +905,7 @@ void launch_prefill_ws(const prefill_params<T, View>& p, cudaStream_t stream) {
 /// consumers (128 rows) and 3 buffers (230 KB of shared memory). A softmax scale <= 0 (which the
 /// warp-specialised kernel does not fold into its exponentials) and variant 2 take the kernel
 /// without producer (64-token tiles, two CTAs per SM); variant 3 (bench/cuda) is the
-/// warp-specialised kernel without ping-pong.
+/// warp-specialised kernel without ping-pong, variant 4 the warp-specialised kernel without TMA.
 template <class T, int D, class View>
 void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) {
   constexpr int cons = D == 64 ? 3 : 2, stages = D == 64 ? 4 : 3, prod_regs = D == 64 ? 32 : 40,
@@ -809,9 +914,9 @@ void launch_prefill_sm90(const prefill_params<T, View>& p, cudaStream_t stream) 
   if (variant == 2) {
     launch_prefill_sm90_shape<T, D, 64, 2>(p, stream);
   } else if (variant == 3) {
-    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, false>(p, stream);
+    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, false>(p, stream, true);
   } else {
-    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, true>(p, stream);
+    launch_prefill_ws<T, D, 128, stages, cons, prod_regs, cons_regs, true>(p, stream, variant != 4);
   }
 }
 
