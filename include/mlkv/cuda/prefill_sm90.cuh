@@ -6,8 +6,9 @@
 /// MLKV_CUDA_SM90A).
 ///
 /// Two kernels. prefill_ws_kernel (the default) is warp-specialised after FlashAttention-3 (Shah
-/// et al. 2024): a producer warpgroup streams K/V tiles through a ring of buffers (TMA for the
-/// whole tiles of contiguous caches, cp.async for paged ones and tail tiles) and mbarriers while two or three consumer warpgroups of 64 packed query rows each compute
+/// et al. 2024): a producer warpgroup streams K/V tiles through a ring of mbarrier-guarded
+/// buffers (TMA for the whole tiles of contiguous caches, cp.async for paged ones and tail tiles)
+/// while two or three consumer warpgroups of 64 packed query rows each compute
 /// S = Q K^T and O += P V with wgmma, overlapping one tile's softmax with the previous tile's
 /// P V and taking turns on the tensor cores (see its comment). prefill_sm90_kernel is the simpler
 /// kernel without producer: two warpgroups that load and compute in turn, 64-token tiles, two
