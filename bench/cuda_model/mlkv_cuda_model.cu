@@ -5,7 +5,7 @@
 //                         [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]
 //                         [--branch-sms N] [--branch-priority -1|0|1] [--kv-evict-first 0|1]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
-//       cache in pages of 64 tokens, every sequence at `context` tokens), at each batch and at the
+//       cache in pages of 128 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
 //       GPU's memory; the step's bandwidth floor from the device's read bandwidth measured in the
 //       same run by a read-only kernel (the one of bench/cuda/mlkv_cuda_bench.cu).
@@ -137,7 +137,14 @@ double read_bandwidth(cudaStream_t s, int sms, std::string& best_shape) {
 
 // ---- bench ------------------------------------------------------------------------------------
 
-constexpr int bench_page = 64;
+// Tokens per page of the benchmark's cache, an engine's choice (-DMLKV_BENCH_PAGE=N to try others).
+// 128: one decode tile of a sequence is one run of K and one of V. Against 64 (NOTES.md v9, H100,
+// three calls): MLKV-2 at batch 512 3% faster, MQA-12 up to 1%, the other rows within noise; each
+// sequence holds up to 127 unused token slots instead of 63 (3% of a 2048-token sequence).
+#ifndef MLKV_BENCH_PAGE
+#define MLKV_BENCH_PAGE 128
+#endif
+constexpr int bench_page = MLKV_BENCH_PAGE;
 
 struct bench_options {
   std::vector<std::string> configs;

@@ -166,6 +166,10 @@ void run_scenario(bool bf16, bool parallel, int logits_chunk, int branch_priorit
       gpu->decode(go, next, g.data(), gnext.data(), device_tokens && s > 0);
       compare(g, w, B, "decode");
       for (int b = 0; b < B; ++b) {
+        // The greedy token is the first largest of the very logits decode() returned (the graph's
+        // argmax reads what its logits GEMM wrote; a larger batch than the chunk recomputes them
+        // with the same plans).
+        CHECK(gnext[static_cast<std::size_t>(b)] == argmax(g.data() + static_cast<std::size_t>(b) * V, V));
         const float* wr = w.data() + static_cast<std::size_t>(b) * V;
         next[static_cast<std::size_t>(b)] = argmax(wr, V);
         // Every GPU logit of the row is within e (relative to the row's scale) of the CPU's, so

@@ -516,13 +516,19 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1)
     return k * G + ((k & 1) ? G - 1 - c : c);
   };
 
+  // Tile jt of an item whose last visible position is pos_last comes by TMA when the view is
+  // contiguous, the maps are on and every token of the tile is in the context; otherwise (the tail
+  // tile, paged views, no maps) by cp.async. The producer issues the copies by this test and the
+  // consumers fence the async proxy by it, so the two sides cannot disagree.
+  constexpr bool is_contiguous = std::is_same_v<View, contiguous_slot_view<T>>;
+  const bool tma = is_contiguous && tm.on != 0;
+  auto tile_by_tma = [&](int jt, int pos_last) { return tma && (jt + 1) * BN - 1 <= pos_last; };
+
   if (tid < NP) {  // ---- producer warpgroup
     setmaxnreg_dec<ProdRegs>();
     const T* const kb = kbase(p.kv);
     const T* const vb = vbase(p.kv);
     const int c = tid % CH, r_first = tid / CH;  // this thread's 16-byte column; rows NP / CH apart
-    constexpr bool is_contiguous = std::is_same_v<View, contiguous_slot_view<T>>;
-    const bool tma = is_contiguous && tm.on != 0;
     int ring = 0, loaded = 0;  // tiles streamed, items whose Q was loaded
     for (int k = 0; k * static_cast<int>(gridDim.x) < n_items; ++k) {
       const int item = next_item(k);
@@ -549,7 +555,7 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1)
         const int stage = ring % Stages;
         if (ring >= Stages) mbar_wait(bar_empty + 8u * stage, ((ring / Stages) - 1) & 1);
         const std::uint32_t bar = bar_full + 8u * stage;
-        if (tma && (jt + 1) * BN - 1 <= pos_last) {
+        if (tile_by_tma(jt, pos_last)) {
           // Every token of the tile is in the context: TMA copies of K and V (one thread issues
           // them; their bytes complete the phase). A tail tile takes cp.async, whose zero fill keeps
           // P V finite over the tokens past the context.
@@ -692,7 +698,6 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1)
   // t: position in the ring of buffers (tiles streamed since the kernel started). generic: the
   // tile (or the item's Q, loaded with its first tile) came through cp.async, which writes through
   // the generic proxy while wgmma reads through the async one; TMA writes through the async proxy.
-  const bool tma = std::is_same_v<View, contiguous_slot_view<T>> && tm.on != 0;
   auto wait_full = [&](int t, bool generic) {
     mbar_wait(bar_full + 8u * (t % Stages), (t / Stages) & 1);
     if (generic) fence_proxy_async();
@@ -744,8 +749,8 @@ __global__ void __launch_bounds__((Cons + 1) * 128, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
 
-    // Tiles that came through cp.async: all without TMA, else the first (Q) and the tail.
-    auto generic = [&](int jt) { return !tma || jt == 0 || (jt + 1) * BN - 1 > pos_last; };
+    // Tiles written through the generic proxy: those not by TMA, and the first (its Q came by cp.async).
+    auto generic = [&](int jt) { return jt == 0 || !tile_by_tma(jt, pos_last); };
     if (my_tiles > 0) {
       wait_full(ring, true);
       turn_begin();
