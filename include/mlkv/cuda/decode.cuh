@@ -649,6 +649,7 @@ struct decode_plan {
 /// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
 /// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
+/// Long contexts over fewer than 1.5 CTAs per SM split in four (head dim 64, 16-row tiles).
 /// The 32-row tiles (MT = 2, groups of 17-32 query heads) aim at one CTA per SM instead, and may
 /// split in two: each CTA carries twice the rows (NOTES.md v7: 32:1 d128 at batch 16 and 64,
 /// 1.7-11% faster than at two CTAs per SM from 4096 tokens on).
@@ -668,6 +669,12 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
   const std::size_t want = std::max<std::size_t>(1, per_sm * static_cast<std::size_t>(occ.sms) / pl.items);
   int s = static_cast<int>(std::min<std::size_t>(want, 64));
   if (s == 2 && MT == 1) s = 1;
+  // Head dim 64, 16-row tiles, fewer than 1.5 CTAs per SM and contexts of 128 tiles or more: four
+  // splits. Each CTA then streams a quarter of the context, and the SMs that would hold two of
+  // the unsplit CTAs no longer set the pace (NOTES.md v9 step 13: 12:12 B16 at 16384 / 32768
+  // tokens 3.7% / 6.1% faster, 12:1 B128 at 16384 3.4%; at 4096 tokens, and with two CTAs per SM
+  // or more, no split stays best).
+  if (s == 1 && MT == 1 && D <= 64 && tiles >= 128 && 2 * pl.items < 3 * static_cast<std::size_t>(occ.sms)) s = 4;
   s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
