@@ -207,8 +207,9 @@ TEST_CASE("CUDA decode over long contexts: split, merged, any group size", "[cud
   long_decode<group48_d64, mlkv::bf16>({2500, 130}, 16, true);             // 48 heads: blocks of 32 + 16
   long_decode<gqa32_8_d128, mlkv::bf16>({3000, 1, 2500}, 16, false);       // 32:8
   long_decode<mha_d96, mlkv::f16>({1500, 2, 63}, 3, false);                // MHA, head dim 96
-  // 90 work items (fewer than 1.5 CTAs per SM) planned for 16403 tokens: the plan's four splits
-  // of long contexts (make_decode_plan); one sequence fills them, the others end in the first.
+  // 90 work items (fewer than 1.5 CTAs per SM on a GPU of 61 SMs or more) planned for 16403
+  // tokens: the plan's four splits of long contexts (make_decode_plan; unsplit, the workspace
+  // would be empty); one sequence fills them, the others end in the first.
   std::vector<int> few(90);
   for (std::size_t b = 0; b < few.size(); ++b) few[b] = 1 + static_cast<int>((b * 37u) % 300u);
   few[41] = 16400;
