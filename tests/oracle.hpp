@@ -81,4 +81,86 @@ inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const d
   }
 }
 
+/// x >= 0 rounded to bf16 (8 significant bits), to nearest, ties to even, as the BF16
+/// conversion instructions round; values below 2^-126 (f32 and bf16 subnormals) are not used.
+inline double bf16_round(double x) {
+  if (x == 0) return 0;
+  int e = 0;
+  const double f = std::frexp(x, &e);  // x = f 2^e, f in [0.5, 1)
+  return std::ldexp(std::nearbyint(f * 256.0), e - 8);
+}
+
+/// attention() as a kernel computes it that multiplies P.V in bf16 (the CPU's VDPBF16PS path):
+/// the softmax weights 2^(s - m), s the score in base 2 and m a whole number, rounded to bf16,
+/// and the normaliser summed from the rounded weights. Rounding 2^s scaled by a power of two
+/// gives the same digits whatever the whole number m is, so the weights are defined without
+/// knowing the kernel's running max.
+/// slack (same shape as out): how far the output may move because the kernel, whose scores and
+/// 2^x carry f32 rounding, may round a weight that lies near the midpoint of two bf16 values to
+/// the other one. Per weight, the kernel's relative error before rounding is bounded by
+///   ln 2 * ((D + 8) 2^-24 * sum_d |q_d k_d| * scale * log2 e + 2^-22 (|s| + |s - m| + 10)) + 2^-20
+/// (the f32 dot product, the scaling, s - m, and 2^x); where the two ends of that interval
+/// round to different bf16 values, the weight is ambiguous by their distance a_t and the output
+/// by sum_t a_t |v_t - o| / (sum_t w_t - sum_t a_t). Weights below 2^-120 of the largest are
+/// ambiguous by 2^-118 (the kernel may flush them or clamp 2^x there).
+inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
+                                   int ctx, double scale, double* out, double* slack) {
+  const int group = Hq / Hkv;
+  const double log2e = 1.4426950408889634, ln2 = 0.6931471805599453;
+  std::vector<double> s, a, w, amb;
+  for (int i = 0; i < rows; ++i) {
+    const int pos = ctx - rows + i;
+    const std::size_t n = static_cast<std::size_t>(pos + 1);
+    for (int h = 0; h < Hq; ++h) {
+      const int kh = h / group;
+      const double* qh = q + (static_cast<std::size_t>(i) * Hq + h) * D;
+      s.assign(n, 0.0);
+      a.assign(n, 0.0);
+      double mx = -INFINITY;
+      for (std::size_t t = 0; t < n; ++t) {
+        double dot = 0, mag = 0;
+        for (int d = 0; d < D; ++d) {
+          const double p = qh[d] * k[(t * Hkv + kh) * D + d];
+          dot += p;
+          mag += std::abs(p);
+        }
+        s[t] = dot * scale * log2e;
+        a[t] = mag * scale * log2e;
+        mx = std::max(mx, s[t]);
+      }
+      const double c = std::ceil(mx);
+      w.assign(n, 0.0);
+      amb.assign(n, 0.0);
+      double sum = 0, sum_amb = 0;
+      for (std::size_t t = 0; t < n; ++t) {
+        const double x = std::exp2(s[t] - c);
+        if (x < std::ldexp(1.0, -120)) {
+          w[t] = x;
+          amb[t] = std::ldexp(1.0, -118);
+        } else {
+          const double eps =
+              ln2 * ((D + 8) * std::ldexp(a[t], -24) + std::ldexp(std::abs(s[t]) + std::abs(s[t] - c) + 10, -22)) +
+              std::ldexp(1.0, -20);
+          w[t] = bf16_round(x);
+          amb[t] = bf16_round(x * (1 + eps)) - bf16_round(x * (1 - eps));
+        }
+        sum += w[t];
+        sum_amb += amb[t];
+      }
+      double* o = out + (static_cast<std::size_t>(i) * Hq + h) * D;
+      double* sl = slack + (static_cast<std::size_t>(i) * Hq + h) * D;
+      for (int d = 0; d < D; ++d) {
+        double acc = 0;
+        for (std::size_t t = 0; t < n; ++t) acc += w[t] * v[(t * Hkv + kh) * D + d];
+        o[d] = acc / sum;
+        double m = 0;
+        for (std::size_t t = 0; t < n; ++t) {
+          if (amb[t] > 0) m += amb[t] * std::abs(v[(t * Hkv + kh) * D + d] - o[d]);
+        }
+        sl[d] = m / std::max(sum - sum_amb, 0.5 * sum);
+      }
+    }
+  }
+}
+
 }  // namespace oracle

@@ -46,4 +46,16 @@ double rel_err(const A& a, const B& b, double floor = 1e-6) {
   return num / den;
 }
 
+/// rel_err with an allowance per element: max(|a - b| - slack, 0) / max(|b|, floor).
+template <class A, class B, class S>
+double rel_err_slack(const A& a, const B& b, const S& slack, double floor = 1e-6) {
+  double num = 0, den = floor;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    num = std::isnan(d) ? INFINITY : std::max(num, d - static_cast<double>(slack[i]));
+    den = std::max(den, std::abs(static_cast<double>(b[i])));
+  }
+  return num / den;
+}
+
 }  // namespace mlkv_test

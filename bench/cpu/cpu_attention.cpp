@@ -10,8 +10,8 @@
 // compulsory traffic: every K and V row of the context read once (prefill included). FLOPs are
 // 4 * q_heads * head_dim per (query row, visible token): 2 for q.k, 2 for p.v; the softmax is
 // not counted. The compute peak of a row is that of the arithmetic its kernel uses: f32 FMA,
-// or for bf16 storage on the avx512_bf16 path half the FLOPs (q.k) at the measured VDPBF16PS
-// rate and half (p.v) at the FMA rate. The roofline time is max(bytes / bandwidth, FLOPs / peak).
+// or for bf16 storage on the avx512_bf16 path the measured VDPBF16PS rate (both products, q.k
+// and p.v, run on it). The roofline time is max(bytes / bandwidth, FLOPs / peak).
 //
 // Peers: llama.cpp and PyTorch are not installed here, so the comparison is with the library's
 // own reference attention (plain loops, one thread) and its other paths (scalar, avx2, avx512
@@ -284,7 +284,7 @@ struct row {
   int threads;
   isa path;
   std::string label;  // the path's name, or "reference"
-  bool dot = false;   // q.k on VDPBF16PS (compute limit: BF16-dot and FMA peaks blended)
+  bool dot = false;   // q.k and p.v on VDPBF16PS (compute limit: the BF16-dot peak)
   double us, kv_bytes, flops, compute_limit;
   double bw_adjacent = 0;  // read bandwidth measured just before and after the row (best), DRAM-bound rows
 };
@@ -369,7 +369,7 @@ row run_row(mlkv::cpu::executor& pool, const options& o, const std::string& phas
   const double visible = decode ? static_cast<double>(batch) * context : 0.5 * context * (context + 1.0);
   r.flops = 4.0 * Hq * D * visible;
   r.dot = path == isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16> && !reference_peer;
-  r.compute_limit = r.dot ? 2.0 / (1.0 / dot_peak + 1.0 / fma_peak) : fma_peak;
+  r.compute_limit = r.dot ? dot_peak : fma_peak;
   const double budget = o.quick ? 0.15 : 0.5;
   const int min_reps = o.quick ? 3 : 5;
   if (reference_peer) {
@@ -555,7 +555,7 @@ int main(int argc, char** argv) {
       bw = std::max(bw, bw2);
       const double fma_new = std::max(fma_peak, fma2), dot_new = std::max(dot_peak, dot2);
       for (auto* list : {&rows, &peers}) {
-        for (row& r : *list) r.compute_limit = r.dot ? 2.0 / (1.0 / dot_new + 1.0 / fma_new) : fma_new;
+        for (row& r : *list) r.compute_limit = r.dot ? dot_new : fma_new;
       }
       fma_peak = fma_new;
       dot_peak = dot_new;
@@ -587,7 +587,7 @@ int main(int argc, char** argv) {
        "sequence over `context` cached tokens; prefill: `context` causal rows of one sequence. us_per_step is the "
        "best of repeated steps. kv_gbps: K and V bytes of the context (read once) per step time. gflops: 4 * q_heads "
        "* head_dim per (row, visible token). compute_gflops_limit: measured f32 FMA peak; rows on the avx512_bf16 "
-       "path over bf16 use compute_limit_gflops = harmonic mean of the BF16-dot and FMA peaks (q.k and p.v halves). "
+       "path over bf16 use compute_limit_gflops = the BF16-dot peak (q.k and p.v both on VDPBF16PS). "
        "pct_roofline: max(bytes/bandwidth, flops/limit) over the step time. Decode rows whose K/V exceed 64 MiB also "
        "carry read_gbps_adjacent, the read bandwidth measured right before and right after the row (best of 4 + 4 reads, "
        "512 MiB buffer), and pct_roofline_adjacent, the roofline percentage against it: the VM's bandwidth moves "

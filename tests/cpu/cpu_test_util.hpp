@@ -4,8 +4,10 @@
 
 #include <mlkv/cpu/attention.hpp>
 
+#include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../attention_harness.hpp"
 #include "../geometries.hpp"
@@ -15,10 +17,11 @@ namespace mlkv_cpu_test {
 using mlkv::cpu::isa;
 
 
-/// True when path i reads the queries as bf16 for storage T: the avx512_bf16 path multiplies
-/// bf16 queries with bf16 keys by VDPBF16PS (f32 sums), so it computes exact-f32 attention of
-/// bf16(q); the harness's oracle on the stored values rounds q the same way (like K and V) and
-/// keeps its tight bound, while the bound against the exact inputs stays the storage type's.
+/// True when path i multiplies in bf16 for storage T: the avx512_bf16 path multiplies bf16
+/// queries with bf16 keys, and bf16 softmax weights with bf16 values, by VDPBF16PS (f32 sums).
+/// The harness's oracle on the stored values rounds q and the weights the same way and keeps
+/// its tight bound (plus the allowance of oracle::attention_bf16_weights), while the bound
+/// against the exact inputs stays the storage type's.
 template <class T>
 bool rounds_queries(isa i) {
   return i == isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16>;
@@ -27,8 +30,31 @@ bool rounds_queries(isa i) {
 /// The harness's options for path i and storage T.
 template <class T>
 mlkv_test::scenario_options options_for(isa i, mlkv_test::scenario_options o = {}) {
-  o.bf16_queries = rounds_queries<T>(i);
+  o.bf16_queries = o.bf16_weights = rounds_queries<T>(i);
   return o;
+}
+
+/// The oracle for path i over storage T on the values as stored (q as given, rounded to bf16
+/// where the path reads it so): attention() with a zero allowance, or for the bf16 path
+/// attention_bf16_weights() with its allowance. Compare with rel_err_slack.
+template <class T>
+void oracle_for(isa i, std::vector<double> q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
+                int ctx, double scale, double* out, double* slack) {
+  if (rounds_queries<T>(i)) {
+    for (auto& x : q) x = mlkv_test::quantized<mlkv::bf16>(static_cast<float>(x));
+    oracle::attention_bf16_weights(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out, slack);
+  } else {
+    oracle::attention(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out);
+    std::fill(slack, slack + static_cast<std::size_t>(rows) * Hq * D, 0.0);
+  }
+}
+
+/// Values as storage T holds them, in double (the oracle's input).
+template <class T>
+std::vector<double> stored(const float* x, std::size_t n) {
+  std::vector<double> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = mlkv_test::quantized<T>(x[i]);
+  return out;
 }
 
 /// The fast kernel with fixed options, callable as the harness's kernel.

@@ -141,14 +141,20 @@ void run_paged_attention_scenario(const paged_attention_fn<T>& attn, std::uint64
           for (auto& x : q_stored) x = quantized<mlkv::bf16>(static_cast<float>(x));
         }
         const int ctx = context[static_cast<std::size_t>(b)];
-        oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
-                          want_stored.data());
+        std::vector<double> slack(count, 0.0);
+        if (opt.bf16_weights) {  // the kernel rounds the weights for P.V: so does the oracle
+          oracle::attention_bf16_weights(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx,
+                                         scale, want_stored.data(), slack.data());
+        } else {
+          oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
+                            want_stored.data());
+        }
         oracle::attention(q_exact.data() + first, n, Hq, Hkv, D, o.k_exact.data(), o.v_exact.data(), ctx,
                           1.0 / std::sqrt(static_cast<double>(D)), want_exact.data());
         const std::vector<float> got(out.begin() + static_cast<std::ptrdiff_t>(first),
                                      out.begin() + static_cast<std::ptrdiff_t>(first + count));
         INFO("layer " << l << " batch member " << b << " rows " << n << " context " << ctx << " chunk " << chunk_index);
-        const double e_stored = rel_err(got, want_stored), e_exact = rel_err(got, want_exact);
+        const double e_stored = rel_err_slack(got, want_stored, slack), e_exact = rel_err(got, want_exact);
         CHECK(e_stored <= tight_bound);
         CHECK(e_exact <= storage_bound<T>);
         worst_error<T>().first = std::max(worst_error<T>().first, e_stored);

@@ -29,7 +29,7 @@ auto fast(const mlkv::cpu::attention_options& o) {
 template <class T>
 mlkv_test::scenario_options fast_options(mlkv::cpu::isa i) {
   mlkv_test::scenario_options o;
-  o.bf16_queries = i == mlkv::cpu::isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16>;
+  o.bf16_queries = o.bf16_weights = i == mlkv::cpu::isa::avx512_bf16 && std::is_same_v<T, mlkv::bf16>;
   return o;
 }
 

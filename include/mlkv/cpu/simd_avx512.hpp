@@ -4,9 +4,11 @@
 /// attributes whatever the target flags, so one binary can pick them at run time:
 ///  - `avx512`: AVX-512 F/BW/VL/DQ + FMA; f32 arithmetic throughout (bf16/f16 rows are
 ///    converted exactly to f32);
-///  - `avx512_bf16`: the same plus VDPBF16PS for q.K over bf16 storage: K stays bf16 and one
+///  - `avx512_bf16`: the same plus VDPBF16PS for both products over bf16 storage: one
 ///    instruction does two products per lane (twice the FMA rate on AMD Zen 4 and Intel
-///    Sapphire Rapids). The query is rounded to bf16 (relative 2^-9), P.V stays f32.
+///    Sapphire Rapids). q.K multiplies K as stored by the query rounded to bf16; P.V multiplies
+///    V as stored by the softmax weights rounded to bf16 (each relative 2^-9, as on the GPU's
+///    tensor cores), with f32 sums; the normaliser sums the rounded weights.
 /// Without GCC/Clang on x86-64 this header declares nothing.
 
 #include "isa.hpp"
@@ -90,20 +92,31 @@ struct ops {
   /// Lanes 0..n-1 of x, the rest from fill.
   static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
 
-  /// 2^x for x <= 0 (scores minus their running max); about 1 ulp. x = n + r, |r| <= 1/2,
-  /// 2^r by its Taylor polynomial of degree 6 (error < 1.3e-7), then VSCALEFPS multiplies by 2^n.
-  static MLKV_SIMD_INLINE vf exp2(vf x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
-    const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const vf r = _mm512_sub_ps(x, n);
+  /// 2^r for |r| <= 1/2 by its Taylor polynomial of degree 6 (error < 1.3e-7).
+  static MLKV_SIMD_INLINE vf exp2_poly(vf r) {
     vf p = _mm512_set1_ps(1.5403530393381609e-4f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  }
+  /// 2^x for x <= 0 (scores minus their running max); about 1 ulp. x = n + r, |r| <= 1/2,
+  /// 2^r by exp2_poly, then VSCALEFPS multiplies by 2^n.
+  static MLKV_SIMD_INLINE vf exp2(vf x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
+    const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(exp2_poly(_mm512_sub_ps(x, n)), n);
+  }
+  /// 2^(s - m) for a whole number m <= max(s) + 1, as 2^(s - n) times 2^(n - m) with n the
+  /// nearest whole number to s: s - n and n - m are exact, so the result is the same digits
+  /// whatever m is, bit for bit (2^(s - m) rounds s - m first, differently for each m). Scores
+  /// below m - 160 (masked ones: -inf) give 0.
+  static MLKV_SIMD_INLINE vf exp2_shifted(vf s, vf m) {
+    s = _mm512_max_ps(s, _mm512_sub_ps(m, _mm512_set1_ps(160.f)));
+    const vf n = _mm512_roundscale_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(exp2_poly(_mm512_sub_ps(s, n)), _mm512_sub_ps(n, m));
   }
 
   /// n (1..16) values of storage type T as f32; lanes n.. are zero. Masked loads never touch
@@ -231,11 +244,25 @@ struct ops {
 
 namespace mlkv::cpu::detail::avx512_bf16 {
 
-/// The AVX-512 policy plus VDPBF16PS for q.K over bf16 storage.
+/// The AVX-512 policy plus VDPBF16PS for q.K and P.V over bf16 storage.
 struct ops : avx512::ops {
   static constexpr bool bf16_dot = true;
   /// acc + k[2i] * q[0] + k[2i+1] * q[1] per lane i (bf16 products, f32 sums).
   static MLKV_SIMD_INLINE vf dot_bf16(vf acc, vi k, vi q) { return _mm512_dpbf16_ps(acc, (__m512bh)k, (__m512bh)q); }
+  /// Tokens 0..15 (lo) and 16..31 (hi) as bf16 (round to nearest even), in token order: 32-bit
+  /// unit i holds the pair (token 2i, token 2i + 1).
+  static MLKV_SIMD_INLINE vi pack_bf16(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+  /// nd (1..32) bf16 values of two V rows (b may be null: zeros) as (a[d], b[d]) pairs: lo holds
+  /// dims 8L..8L+3 of each 128-bit lane L, hi dims 8L+4..8L+7 (one shuffle each; pv_dot_dim).
+  static MLKV_SIMD_INLINE void zip_v(const bf16* a, const bf16* b, int nd, vi& lo, vi& hi) {
+    const __mmask32 m = nd >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nd) - 1u);
+    const vi x = _mm512_maskz_loadu_epi16(m, a);
+    const vi y = b != nullptr ? _mm512_maskz_loadu_epi16(m, b) : _mm512_setzero_si512();
+    lo = _mm512_unpacklo_epi16(x, y);
+    hi = _mm512_unpackhi_epi16(x, y);
+  }
+  /// Head-dim offset of lane i (0..31) of a chunk accumulated from zip_v's (lo, hi) vectors.
+  static constexpr int pv_dot_dim(int i) { return i < 16 ? i / 4 * 8 + i % 4 : (i - 16) / 4 * 8 + 4 + (i - 16) % 4; }
 };
 
 #include "detail/kernel_body.inc"
