@@ -253,7 +253,7 @@ struct ops : avx512::ops {
   /// unit i holds the pair (token 2i, token 2i + 1).
   static MLKV_SIMD_INLINE vi pack_bf16(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
   /// nd (1..32) bf16 values of two V rows (b may be null: zeros) as (a[d], b[d]) pairs: lo holds
-  /// dims 8L..8L+3 of each 128-bit lane L, hi dims 8L+4..8L+7 (one shuffle each; pv_dot_dim).
+  /// dims 8L..8L+3 of each 128-bit lane L, hi dims 8L+4..8L+7 (one shuffle each; chunk_out_dot).
   static MLKV_SIMD_INLINE void zip_v(const bf16* a, const bf16* b, int nd, vi& lo, vi& hi) {
     const __mmask32 m = nd >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nd) - 1u);
     const vi x = _mm512_maskz_loadu_epi16(m, a);
@@ -261,8 +261,35 @@ struct ops : avx512::ops {
     lo = _mm512_unpacklo_epi16(x, y);
     hi = _mm512_unpackhi_epi16(x, y);
   }
-  /// Head-dim offset of lane i (0..31) of a chunk accumulated from zip_v's (lo, hi) vectors.
-  static constexpr int pv_dot_dim(int i) { return i < 16 ? i / 4 * 8 + i % 4 : (i - 16) / 4 * 8 + 4 + (i - 16) % 4; }
+  /// dst[d] = o * scale for d < nd: a chunk of pv_block_dot's outputs (zip_v's lo lanes in
+  /// o[0..15], hi lanes in o[16..31]; lane 4L + k holds dim 8L + k, resp. 8L + 4 + k) back in
+  /// head-dim order.
+  static MLKV_SIMD_INLINE void chunk_out_dot(const float* o, int nd, float scale, float* dst) {
+    const vf lo = _mm512_load_ps(o), hi = _mm512_load_ps(o + 16), sc = _mm512_set1_ps(scale);
+    const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i second = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+    _mm512_mask_storeu_ps(dst, avx512::ops::first(nd), _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), sc));
+    _mm512_mask_storeu_ps(dst + 16, avx512::ops::first(nd - 16), _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), sc));
+  }
+  /// The query as bf16 (d, d+1) pairs: dst[i] = bf16(src[2i]) | bf16(src[2i+1]) << 16 for
+  /// i < D/2, rounded as from_float<bf16> rounds (to nearest even, NaN kept quiet); writes
+  /// whole vectors of 16 pairs (callers' rows hold head_dim rounded up to 16 floats).
+  static MLKV_SIMD_INLINE void query_pairs(const float* src, int D, float* dst) {
+    for (int d = 0; d < D; d += 32) {
+      const __m256i a = round_bf16(_mm512_maskz_loadu_ps(first(D - d), src + d));
+      const __m256i b = round_bf16(_mm512_maskz_loadu_ps(first(D - d - 16), src + d + 16));
+      _mm512_store_si512(dst + d / 2, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
+    }
+  }
+  /// 16 floats -> 16 bf16 (bits), to nearest even; NaN stays a quiet NaN (dtype.hpp's rule).
+  static MLKV_SIMD_INLINE __m256i round_bf16(vf x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i q = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, nan, q));
+  }
 };
 
 #include "detail/kernel_body.inc"
