@@ -150,17 +150,23 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
 
 
-def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, variants=None, with_torch=True):
+def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, variants=None, with_torch=True,
+                 cap_mult=1):
+    """cap_mult > 1: the cache holds cap_mult * ctx tokens and the plan is made for that max_context,
+    while every sequence attends over ctx (an engine that plans for long contexts and runs short ones)."""
     kv_bytes = 2 * batch * hkv * ctx * d * 2
+    cap = ctx * cap_mult
     row = {"geometry": name, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "batch": batch, "context": ctx,
            "kv_bytes": kv_bytes}
+    if cap_mult != 1:
+        row["max_context"] = cap
     sets = 1 if kv_bytes >= 4 * l2 else min(64, math.ceil(4 * l2 / kv_bytes))
-    if sets * kv_bytes * 1.05 > free_bytes:
+    if sets * kv_bytes * cap_mult * 1.05 > free_bytes:
         row["skipped"] = "KV of %.1f GB does not fit the free device memory (%.1f GB)" % (
             sets * kv_bytes / 1e9, free_bytes / 1e9)
         return row
-    ks = [torch.randn(batch, hkv, ctx, d, dtype=torch.bfloat16, device="cuda") for _ in range(sets)]
-    vs = [torch.randn(batch, hkv, ctx, d, dtype=torch.bfloat16, device="cuda") for _ in range(sets)]
+    ks = [torch.randn(batch, hkv, cap, d, dtype=torch.bfloat16, device="cuda") for _ in range(sets)]
+    vs = [torch.randn(batch, hkv, cap, d, dtype=torch.bfloat16, device="cuda") for _ in range(sets)]
     q = torch.randn(batch, hq, d, dtype=torch.bfloat16, device="cuda")
     out = torch.empty_like(q)
     context = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
@@ -168,17 +174,17 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     state = {}
 
     def setup(variant):
-        ws_bytes = lib.mlkv_bench_decode_workspace(variant, batch, hkv, ctx, d, hq, ctx)
+        ws_bytes = lib.mlkv_bench_decode_workspace(variant, batch, hkv, cap, d, hq, cap)
         if ws_bytes < 0:
             raise RuntimeError(lib.mlkv_bench_error().decode())
         state["ws_bytes"] = ws_bytes
         state["ws"] = torch.zeros(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
         state["variant"] = variant
-        return lib.mlkv_bench_decode_splits(variant, batch, hkv, ctx, d, hq, ctx)
+        return lib.mlkv_bench_decode_splits(variant, batch, hkv, cap, d, hq, cap)
 
     def ours(i):
         check(lib, lib.mlkv_bench_decode(state["variant"], ks[i % sets].data_ptr(), vs[i % sets].data_ptr(), batch,
-                                         hkv, ctx, d, hq, q.data_ptr(), out.data_ptr(), context.data_ptr(), ctx,
+                                         hkv, cap, d, hq, q.data_ptr(), out.data_ptr(), context.data_ptr(), cap,
                                          scale, state["ws"].data_ptr(), state["ws_bytes"], stream_ptr()))
     q4 = q.view(batch, hq, 1, d)
     est_us = kv_bytes / (read_tbps * 1e6)
@@ -203,7 +209,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     row["splits"] = setup(0)
 
     def theirs(i):
-        return F.scaled_dot_product_attention(q4, ks[i % sets], vs[i % sets], enable_gqa=True)
+        return F.scaled_dot_product_attention(q4, ks[i % sets][:, :, :ctx], vs[i % sets][:, :, :ctx], enable_gqa=True)
 
     # The same answer first (on the first copy).
     ours(0)
@@ -289,6 +295,8 @@ def main():
     ap.add_argument("--combos", default="", help="with --rows: 'variant:splits' pairs to time too, e.g. '5:64'")
     ap.add_argument("--split-rule", default="", help="'ctas_per_sm:min_tiles' for the split rule (0: default)")
     ap.add_argument("--no-torch", action="store_true", help="with --rows: do not time PyTorch")
+    ap.add_argument("--capacity-mult", type=int, default=1,
+                    help="with --rows: cache and plan for this many times the context (max_context), attend over the context")
     ap.add_argument("--label", default="", help="printed in front of every --rows line")
     ap.add_argument("--prefill-only", default="", help="prefill rows only, at these batches, e.g. '1,4'")
     args = ap.parse_args()
@@ -415,7 +423,7 @@ def run_rows(lib, args, result, l2, read_tbps):
         free, _ = torch.cuda.mem_get_info()
         try:
             row = bench_decode(lib, name, hq, hkv, d, b, ctx, l2, read_tbps, free - (2 << 30),
-                               variants or None, with_torch=not args.no_torch)
+                               variants or None, with_torch=not args.no_torch, cap_mult=args.capacity_mult)
         except Exception as ex:  # noqa: BLE001 - record and go on
             row = {"geometry": name, "batch": b, "context": ctx, "error": str(ex)[:300]}
             torch.cuda.empty_cache()

@@ -103,12 +103,15 @@ double check_rows(const std::vector<T>& got_t, std::size_t first, const std::vec
 }
 
 /// Decode over long contexts, contiguous and paged; `split` asks that the plan splits them.
+/// plan_context > 0: the cache holds and the call plans for that many tokens (max_context), far
+/// more than the sequences hold (an engine's graph captured for long contexts).
 template <model_shape S, class T>
-void long_decode(const std::vector<int>& contexts, int page_tokens, bool split) {
+void long_decode(const std::vector<int>& contexts, int page_tokens, bool split, int plan_context = 0) {
   const std::uint64_t seed = mlkv_test::fresh_seed();
   INFO("Hq=" << S.q_heads << " Hkv=" << S.kv_heads << " D=" << S.head_dim << " dtype=" << mlkv::name_of(mlkv::dtype_of<T>)
              << " seed=" << seed);
-  const int C = *std::max_element(contexts.begin(), contexts.end()) + 3;
+  const int C = std::max(plan_context, *std::max_element(contexts.begin(), contexts.end()) + 3);
+  INFO("max_context " << C);
   filled<S, T> f(seed, contexts, C, page_tokens);
   constexpr int Hq = S.q_heads, D = S.head_dim;
   const int B = f.B;
@@ -207,13 +210,16 @@ TEST_CASE("CUDA decode over long contexts: split, merged, any group size", "[cud
   long_decode<group48_d64, mlkv::bf16>({2500, 130}, 16, true);             // 48 heads: blocks of 32 + 16
   long_decode<gqa32_8_d128, mlkv::bf16>({3000, 1, 2500}, 16, false);       // 32:8
   long_decode<mha_d96, mlkv::f16>({1500, 2, 63}, 3, false);                // MHA, head dim 96
-  // 90 work items (fewer than 1.5 CTAs per SM on a GPU of 61 SMs or more) planned for 16403
-  // tokens: the plan's four splits of long contexts (make_decode_plan; unsplit, the workspace
-  // would be empty); one sequence fills them, the others end in the first.
+  // 90 work items (more than 2/3 of the SMs on a GPU of up to 135 SMs): unsplit, one sequence
+  // of 16400 tokens in one CTA.
   std::vector<int> few(90);
   for (std::size_t b = 0; b < few.size(); ++b) few[b] = 1 + static_cast<int>((b * 37u) % 300u);
   few[41] = 16400;
-  long_decode<mqa_d64, mlkv::bf16>(few, 64, true);
+  long_decode<mqa_d64, mlkv::bf16>(few, 64, false);
+  // Planned for far longer contexts than any sequence holds: every sequence's splits come from
+  // its own length (one tile up to the plan's chunk).
+  long_decode<mqa_d64, mlkv::bf16>({700, 1, 64, 33, 129}, 16, true, 16384);
+  long_decode<mqa32_d128, mlkv::f16>({900, 17, 2}, 5, true, 9000);
 }
 
 TEST_CASE("CUDA append and decode over more than 65535 sequences (the grid's limit per launch)", "[cuda]") {

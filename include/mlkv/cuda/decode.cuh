@@ -143,7 +143,8 @@ struct decode_params {
   int q_heads;
   int group;        // query heads per KV head
   int head_blocks;  // blocks of 16*MT heads per KV head
-  int chunk;        // tokens per split (multiple of the tile)
+  int chunk;        // the plan's tokens per split (multiple of the tile), for max_context
+  int tile;         // tokens per tile
   int max_splits;   // splits per (sequence, KV head, head block)
   float scale_log2; // softmax scale * log2(e)
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
@@ -159,6 +160,21 @@ struct decode_params {
 template <class T, class View>
 __device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>& p, int b, int ctx) {
   return ctx < 1 || ctx > device_capacity(p.kv, b) || ctx > p.chunk * p.max_splits;
+}
+
+/// Tokens per split of a sequence of ctx tokens (ctx <= max_context), decided at run time: its
+/// own context over the plan's splits in whole tiles, at least two tiles (or the plan's chunk if
+/// shorter) and at most the plan's chunk. A plan made for a max_context far above the actual
+/// contexts (an engine that captures one graph for long contexts and runs short ones) thus still
+/// spreads each sequence over the splits it launched, instead of leaving its context to the first
+/// split while the others return (measured on an H100, 12:1 d64 batch 16 at 2048 tokens planned
+/// for 32768: 27.9 us with the plan's chunk, against 10.5 us with a plan for 2048).
+/// The split and combine kernels both take a sequence's splits from here.
+template <class T, class View>
+__device__ __forceinline__ int decode_seq_chunk(const decode_params<T, View>& p, int ctx) {
+  const int plan_tiles = p.chunk / p.tile;
+  const int tiles = (ctx + p.tile - 1) / p.tile;
+  return min(plan_tiles, max(min(2, plan_tiles), (tiles + p.max_splits - 1) / p.max_splits)) * p.tile;
 }
 
 /// A decode tile's row addresses in two steps, so that a paged view's block-table read can be
@@ -204,8 +220,10 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
   if constexpr (std::is_same_v<View, contiguous_slot_view<T>>) {
     // Started early (programmatic dependent launch) behind the previous kernel of the stream: the
     // first tiles' K and V rows head for the L2 while it finishes. Their addresses come from the
-    // host (view and plan), not from device memory: the lengths are read after the wait, so a
-    // split past its sequence's end prefetches rows it will not read (within the capacity).
+    // host (view and plan), not from device memory: the lengths are read after the wait, so the
+    // rows are those of the split's start at max_context (decode_seq_chunk moves the starts of
+    // shorter contexts), and a split past its sequence's end prefetches rows it will not read
+    // (within the capacity).
     const int seq = static_cast<int>(blockIdx.z) + p.batch0;
     if (p.early_rows > 0 && threadIdx.x == 0 && static_cast<int>(blockIdx.y) % p.head_blocks == 0 && seq < p.kv.batch) {
       const int r0 = static_cast<int>(blockIdx.x) * p.chunk, r1 = min(p.kv.capacity, r0 + min(p.chunk, p.early_rows));
@@ -232,10 +250,11 @@ __global__ void __launch_bounds__(Cfg::threads) decode_split_kernel(const decode
     }
     return;
   }
-  const int t0 = split * p.chunk;
+  const int chunk = decode_seq_chunk(p, ctx);
+  const int t0 = split * chunk;
   if (t0 >= ctx) return;
-  const int t1 = min(ctx, t0 + p.chunk);
-  const int nsplit = (ctx + p.chunk - 1) / p.chunk;
+  const int t1 = min(ctx, t0 + chunk);
+  const int nsplit = (ctx + chunk - 1) / chunk;
   const int ntiles = (t1 - t0 + N - 1) / N;
   const bool hinted = p.walk.evict_first != 0;
   const std::uint64_t policy = hinted ? l2_evict_first_policy() : 0;
@@ -552,7 +571,8 @@ __global__ void __launch_bounds__(combine_threads) decode_combine_kernel(const d
   if (r >= nh || r >= rows) return;
   const int ctx = p.context[b];
   if (decode_bad_context(p, b, ctx)) return;  // the split kernel wrote NaN
-  const int nsplit = (ctx + p.chunk - 1) / p.chunk;
+  const int chunk = decode_seq_chunk(p, ctx);
+  const int nsplit = (ctx + chunk - 1) / chunk;
   if (nsplit <= 1) return;  // the split kernel wrote the output itself
   const std::size_t slot0 = static_cast<std::size_t>(item) * static_cast<std::size_t>(p.max_splits);
 
@@ -649,7 +669,8 @@ struct decode_plan {
 /// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
 /// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
-/// Long contexts over fewer than 1.5 CTAs per SM split in four (head dim 64, 16-row tiles).
+/// The plan is made for max_context; each sequence then cuts its own context over the planned
+/// splits (decode_seq_chunk), so a loose max_context costs idle CTAs, not the split's parallelism.
 /// The 32-row tiles (MT = 2, groups of 17-32 query heads) aim at one CTA per SM instead, and may
 /// split in two: each CTA carries twice the rows (NOTES.md v7: 32:1 d128 at batch 16 and 64,
 /// 1.7-11% faster than at two CTAs per SM from 4096 tokens on).
@@ -669,12 +690,10 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
   const std::size_t want = std::max<std::size_t>(1, per_sm * static_cast<std::size_t>(occ.sms) / pl.items);
   int s = static_cast<int>(std::min<std::size_t>(want, 64));
   if (s == 2 && MT == 1) s = 1;
-  // Head dim 64, 16-row tiles, fewer than 1.5 CTAs per SM and contexts of 128 tiles or more: four
-  // splits. Each CTA then streams a quarter of the context, and the SMs that would hold two of
-  // the unsplit CTAs no longer set the pace (NOTES.md v9 step 13: 12:12 B16 at 16384 / 32768
-  // tokens 3.7% / 6.1% faster, 12:1 B128 at 16384 3.4%; at 4096 tokens, and with two CTAs per SM
-  // or more, no split stays best).
-  if (s == 1 && MT == 1 && D <= 64 && tiles >= 128 && 2 * pl.items < 3 * static_cast<std::size_t>(occ.sms)) s = 4;
+  // (Four splits for long contexts over fewer than 1.5 CTAs per SM were 3-6% faster at 16384 and
+  // 32768 tokens planned and held, but 17-32% slower when the plan's max_context was 16x the
+  // contexts held, even with decode_seq_chunk: work items near the SM count leave no room for
+  // splits of short contexts. NOTES.md v10.)
   s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
@@ -737,6 +756,7 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.group = q_heads / kv.kv_heads;
   p.head_blocks = pl.head_blocks;
   p.chunk = pl.chunk;
+  p.tile = Cfg::tile;
   p.max_splits = pl.splits;
   p.scale_log2 = scale * 1.4426950408889634f;
   p.walk = walk;
