@@ -14,6 +14,7 @@
 #include <mlkv/cpu/reference.hpp>
 #include <mlkv/rope.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -71,15 +72,31 @@ struct scenario_options {
   bool bf16_weights = false;
 };
 
-/// The oracle's picture of the cache: per owner layer and sequence, K and V rows.
-struct oracle_kv {
-  std::vector<double> k_stored, v_stored, k_exact, v_exact;  // [tokens, Hkv, D]
-};
-
 template <class T>
 double quantized(float x) {
   return static_cast<double>(mlkv::to_float(mlkv::from_float<T>(x)));
 }
+
+/// The oracle on the values as stored, computed as the kernel under test computes (opt): q
+/// rounded to bf16 where opt.bf16_queries, the softmax weights where opt.bf16_weights, with their
+/// allowance in slack (zero otherwise). Compare with rel_err_slack. q: [rows, Hq, D], as given.
+inline void oracle_stored(const scenario_options& opt, std::vector<double> q, int rows, int Hq, int Hkv, int D,
+                          const double* k, const double* v, int ctx, double scale, double* out, double* slack) {
+  if (opt.bf16_queries) {
+    for (auto& x : q) x = quantized<mlkv::bf16>(static_cast<float>(x));
+  }
+  if (opt.bf16_weights) {
+    oracle::attention_bf16_weights(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out, slack);
+  } else {
+    oracle::attention(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out);
+    std::fill(slack, slack + static_cast<std::size_t>(rows) * Hq * D, 0.0);
+  }
+}
+
+/// The oracle's picture of the cache: per owner layer and sequence, K and V rows.
+struct oracle_kv {
+  std::vector<double> k_stored, v_stored, k_exact, v_exact;  // [tokens, Hkv, D]
+};
 
 /// Placement of S, as the oracle computes it from S's own fields.
 template <mlkv::model_shape S>
@@ -156,21 +173,10 @@ void run_attention_scenario(Attn&& attn, std::uint64_t seed, const scenario_opti
         const auto& o = store.at({src[static_cast<std::size_t>(l)], b});
         const std::size_t first = static_cast<std::size_t>(offsets[static_cast<std::size_t>(b)]) * Hq * D;
         const std::size_t count = static_cast<std::size_t>(n) * Hq * D;
-        std::vector<double> want_stored(count), want_exact(count);
-        std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
-                                     q.begin() + static_cast<std::ptrdiff_t>(first + count));
-        if (opt.bf16_queries) {
-          for (auto& x : q_stored) x = quantized<mlkv::bf16>(static_cast<float>(x));
-        }
+        std::vector<double> want_stored(count), want_exact(count), slack(count);
         const int ctx = context[static_cast<std::size_t>(b)];
-        std::vector<double> slack(count, 0.0);
-        if (opt.bf16_weights) {
-          oracle::attention_bf16_weights(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx,
-                                         scale, want_stored.data(), slack.data());
-        } else {
-          oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
-                            want_stored.data());
-        }
+        oracle_stored(opt, std::vector<double>(q.begin() + static_cast<std::ptrdiff_t>(first), q.begin() + static_cast<std::ptrdiff_t>(first + count)),
+                      n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale, want_stored.data(), slack.data());
         oracle::attention(q_exact.data() + first, n, Hq, Hkv, D, o.k_exact.data(), o.v_exact.data(), ctx,
                           1.0 / std::sqrt(static_cast<double>(D)), want_exact.data());
         const std::vector<float> got(out.begin() + static_cast<std::ptrdiff_t>(first),

@@ -4,9 +4,9 @@
 
 #include <mlkv/cpu/attention.hpp>
 
-#include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../attention_harness.hpp"
@@ -34,19 +34,12 @@ mlkv_test::scenario_options options_for(isa i, mlkv_test::scenario_options o = {
   return o;
 }
 
-/// The oracle for path i over storage T on the values as stored (q as given, rounded to bf16
-/// where the path reads it so): attention() with a zero allowance, or for the bf16 path
-/// attention_bf16_weights() with its allowance. Compare with rel_err_slack.
+/// The oracle for path i over storage T on the values as stored (q as given; the harness's
+/// oracle_stored with path i's options). Compare with rel_err_slack.
 template <class T>
 void oracle_for(isa i, std::vector<double> q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
                 int ctx, double scale, double* out, double* slack) {
-  if (rounds_queries<T>(i)) {
-    for (auto& x : q) x = mlkv_test::quantized<mlkv::bf16>(static_cast<float>(x));
-    oracle::attention_bf16_weights(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out, slack);
-  } else {
-    oracle::attention(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out);
-    std::fill(slack, slack + static_cast<std::size_t>(rows) * Hq * D, 0.0);
-  }
+  mlkv_test::oracle_stored(options_for<T>(i), std::move(q), rows, Hq, Hkv, D, k, v, ctx, scale, out, slack);
 }
 
 /// Values as storage T holds them, in double (the oracle's input).

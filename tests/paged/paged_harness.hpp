@@ -134,21 +134,10 @@ void run_paged_attention_scenario(const paged_attention_fn<T>& attn, std::uint64
         const auto& o = store.at({src[static_cast<std::size_t>(l)], b});
         const std::size_t first = static_cast<std::size_t>(offsets[static_cast<std::size_t>(b)]) * Hq * D;
         const std::size_t count = static_cast<std::size_t>(n) * Hq * D;
-        std::vector<double> want_stored(count), want_exact(count);
-        std::vector<double> q_stored(q.begin() + static_cast<std::ptrdiff_t>(first),
-                                     q.begin() + static_cast<std::ptrdiff_t>(first + count));
-        if (opt.bf16_queries) {  // the kernel reads bf16 queries: the oracle rounds them too
-          for (auto& x : q_stored) x = quantized<mlkv::bf16>(static_cast<float>(x));
-        }
+        std::vector<double> want_stored(count), want_exact(count), slack(count);
         const int ctx = context[static_cast<std::size_t>(b)];
-        std::vector<double> slack(count, 0.0);
-        if (opt.bf16_weights) {  // the kernel rounds the weights for P.V: so does the oracle
-          oracle::attention_bf16_weights(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx,
-                                         scale, want_stored.data(), slack.data());
-        } else {
-          oracle::attention(q_stored.data(), n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale,
-                            want_stored.data());
-        }
+        oracle_stored(opt, std::vector<double>(q.begin() + static_cast<std::ptrdiff_t>(first), q.begin() + static_cast<std::ptrdiff_t>(first + count)),
+                      n, Hq, Hkv, D, o.k_stored.data(), o.v_stored.data(), ctx, scale, want_stored.data(), slack.data());
         oracle::attention(q_exact.data() + first, n, Hq, Hkv, D, o.k_exact.data(), o.v_exact.data(), ctx,
                           1.0 / std::sqrt(static_cast<double>(D)), want_exact.data());
         const std::vector<float> got(out.begin() + static_cast<std::ptrdiff_t>(first),
