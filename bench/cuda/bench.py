@@ -49,6 +49,9 @@ def load_lib(path):
     lib.mlkv_bench_tune.argtypes = [i32, i32, i32, i32]
     lib.mlkv_bench_tune.restype = None
     lib.mlkv_bench_prefill.argtypes = [vp, vp, i32, i32, i32, i32, i32, vp, vp, vp, vp, i32, i32, i32, f32, vp]
+    lib.mlkv_bench_decode_paged_workspace.argtypes = [i32] * 8
+    lib.mlkv_bench_decode_paged_workspace.restype = ctypes.c_longlong
+    lib.mlkv_bench_decode_paged.argtypes = [vp, vp, vp] + [i32] * 8 + [vp, vp, vp, i32, f32, vp, sz, vp]
     lib.mlkv_bench_tune_decode_early.argtypes = [i32]
     lib.mlkv_bench_tune_decode_early.restype = None
     # MLKV_DECODE_EARLY=0: decode's split kernel starts plainly (NOTES.md v8), for A/B runs.
@@ -230,6 +233,38 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
     return row
 
 
+def bench_decode_paged(lib, hq, hkv, d, batch, ctx, page, slots, shuffle, read_tbps):
+    """Decode over a paged view (the paged cache's page layout: [slot][K|V][kv_head][page][d], the
+    call reading slot 0 of `slots`), pages in sequence order or shuffled over the pool. One copy
+    of the inputs: rows meant for this are far larger than the L2."""
+    nb = (ctx + page - 1) // page
+    n_pages = batch * nb
+    half = hkv * page * d
+    pool = torch.randn(n_pages * 2 * slots * half, dtype=torch.bfloat16, device="cuda")
+    order = torch.randperm(n_pages, device="cuda") if shuffle else torch.arange(n_pages, device="cuda")
+    table = order.to(torch.int32).view(batch, nb).contiguous()
+    seq_blocks = torch.full((batch,), nb, dtype=torch.int32, device="cuda")
+    q = torch.randn(batch, hq, d, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(q)
+    context = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    ws_bytes = lib.mlkv_bench_decode_paged_workspace(batch, hkv, d, page, nb, slots, hq, ctx)
+    if ws_bytes < 0:
+        raise RuntimeError(lib.mlkv_bench_error().decode())
+    ws = torch.zeros(max(ws_bytes, 16), dtype=torch.uint8, device="cuda")
+
+    def ours(i):
+        check(lib, lib.mlkv_bench_decode_paged(pool.data_ptr(), table.data_ptr(), seq_blocks.data_ptr(), batch, hkv, d,
+                                               page, nb, slots, 0, hq, q.data_ptr(), out.data_ptr(),
+                                               context.data_ptr(), ctx, 1.0 / math.sqrt(d), ws.data_ptr(), ws_bytes,
+                                               stream_ptr()))
+    kv_bytes = 2 * batch * hkv * ctx * d * 2
+    est_us = kv_bytes / (read_tbps * 1e6)
+    us = time_calls(ours, max(3, min(2000, math.ceil(2000.0 / max(est_us, 1.0)))))[0]
+    del pool
+    torch.cuda.empty_cache()
+    return us, 100.0 * kv_bytes / us / 1e6 / read_tbps
+
+
 def bench_prefill(lib, name, hq, hkv, d, batch, s):
     row = {"geometry": name, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "batch": batch, "tokens": s}
     k = torch.randn(batch, hkv, s, d, dtype=torch.bfloat16, device="cuda")
@@ -295,6 +330,8 @@ def main():
     ap.add_argument("--combos", default="", help="with --rows: 'variant:splits' pairs to time too, e.g. '5:64'")
     ap.add_argument("--split-rule", default="", help="'ctas_per_sm:min_tiles' for the split rule (0: default)")
     ap.add_argument("--no-torch", action="store_true", help="with --rows: do not time PyTorch")
+    ap.add_argument("--paged", default="",
+                    help="with --rows: also time paged views, 'page:slots:shuffle' separated by ',' (e.g. '128:12:1')")
     ap.add_argument("--capacity-mult", type=int, default=1,
                     help="with --rows: cache and plan for this many times the context (max_context), attend over the context")
     ap.add_argument("--label", default="", help="printed in front of every --rows line")
@@ -437,6 +474,12 @@ def run_rows(lib, args, result, l2, read_tbps):
             tag = ("v%d" % x["variant"]) if x["force_splits"] == 0 else (
                 ("s%d" % x["force_splits"]) if x["variant"] == 0 else ("v%ds%d" % (x["variant"], x["force_splits"])))
             cells.append("%s:%s" % (tag, ("%.1f/%d" % (x["us"], x["splits"])) if "us" in x else "err"))
+        for spec_p in (x for x in args.paged.split(",") if x):
+            page, slots, shuffle = (int(x) for x in spec_p.split(":"))
+            us_p, pct_p = bench_decode_paged(lib, hq, hkv, d, b, ctx, page, slots, shuffle != 0, read_tbps)
+            row.setdefault("paged", []).append({"page": page, "slots": slots, "shuffled": shuffle != 0, "us": us_p,
+                                                "pct_of_read_bw": pct_p})
+            cells.append("paged P%d x%d%s:%.1f/%.1f%%" % (page, slots, " shuffled" if shuffle else "", us_p, pct_p))
         print("%s %-9s B%-3d ctx%-5d %8.1f us %5.1f%% s%-3d torch %8.1f us (%4.1f%%) err %.1e | %s" % (
             args.label, name, b, ctx, row["us"], row["pct_of_read_bw"], row["splits"], row["torch_us"],
             100.0 * row["kv_bytes"] / row["torch_us"] / 1e6 / read_tbps, row["max_rel_diff_vs_torch"],
