@@ -252,10 +252,13 @@ struct ops : avx512::ops {
   /// Tokens 0..15 (lo) and 16..31 (hi) as bf16 (round to nearest even), in token order: 32-bit
   /// unit i holds the pair (token 2i, token 2i + 1).
   static MLKV_SIMD_INLINE vi pack_bf16(vf lo, vf hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
-  /// nd (1..32) bf16 values of two V rows (b may be null: zeros) as (a[d], b[d]) pairs: lo holds
+  /// The first nd (1..32) 16-bit values of a chunk, for zip_v.
+  static MLKV_SIMD_INLINE __mmask32 v_mask(int nd) {
+    return nd >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nd) - 1u);
+  }
+  /// The values of v_mask of two V rows (b may be null: zeros) as (a[d], b[d]) pairs: lo holds
   /// dims 8L..8L+3 of each 128-bit lane L, hi dims 8L+4..8L+7 (one shuffle each; chunk_out_dot).
-  static MLKV_SIMD_INLINE void zip_v(const bf16* a, const bf16* b, int nd, vi& lo, vi& hi) {
-    const __mmask32 m = nd >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nd) - 1u);
+  static MLKV_SIMD_INLINE void zip_v(const bf16* a, const bf16* b, __mmask32 m, vi& lo, vi& hi) {
     const vi x = _mm512_maskz_loadu_epi16(m, a);
     const vi y = b != nullptr ? _mm512_maskz_loadu_epi16(m, b) : _mm512_setzero_si512();
     lo = _mm512_unpacklo_epi16(x, y);
