@@ -135,33 +135,6 @@ void with_decode(int head_dim, int kv_heads, int q_heads, int variant, F&& f) {
 
 }  // namespace
 
-namespace {
-
-/// A paged view over a pool of pages [slot][K|V][kv_head][page_tokens][head_dim] (the paged
-/// cache's layout), reading slot `slot` of `slots`; block_table [batch, max_blocks] and
-/// seq_blocks [batch] on the device.
-mlkv::paged_slot_view<mlkv::bf16> paged_of(const void* pages, const std::int32_t* block_table,
-                                           const std::int32_t* seq_blocks, int batch, int kv_heads, int head_dim,
-                                           int page_tokens, int max_blocks, int slots, int slot) {
-  mlkv::paged_slot_view<mlkv::bf16> v;
-  v.pages = static_cast<const mlkv::bf16*>(pages);
-  v.block_table = block_table;
-  v.seq_blocks = seq_blocks;
-  v.batch = batch;
-  v.kv_heads = kv_heads;
-  v.head_dim = head_dim;
-  v.page_tokens = page_tokens;
-  v.max_blocks = max_blocks;
-  const std::size_t half = static_cast<std::size_t>(kv_heads) * page_tokens * head_dim;
-  v.page_stride = 2 * static_cast<std::size_t>(slots) * half;
-  v.k_offset = 2 * static_cast<std::size_t>(slot) * half;
-  v.v_offset = v.k_offset + half;
-  v.page_shift = (page_tokens & (page_tokens - 1)) == 0 ? __builtin_ctz(static_cast<unsigned>(page_tokens)) : -1;
-  return v;
-}
-
-}  // namespace
-
 extern "C" {
 
 /// Workspace bytes of mlkv_bench_decode, or -1 on error.
@@ -206,7 +179,8 @@ long long mlkv_bench_decode_paged_workspace(int batch, int kv_heads, int head_di
   guarded([&] {
     static const uint4 dummy{};
     static const std::int32_t zero = 0;
-    const auto view = paged_of(&dummy, &zero, &zero, batch, kv_heads, head_dim, page_tokens, max_blocks, slots, 0);
+    const auto view = mlkv::paged_slot_view<mlkv::bf16>::over_pool(reinterpret_cast<const mlkv::bf16*>(&dummy), &zero, &zero, batch,
+                                                                    kv_heads, head_dim, page_tokens, max_blocks, slots, 0);
     r = static_cast<long long>(
         mlkv::cuda::decode_workspace_bytes(view, q_heads, mlkv::cuda::attention_batch::decode(batch, nullptr, max_context)));
   });
@@ -220,7 +194,8 @@ int mlkv_bench_decode_paged(const void* pages, const std::int32_t* block_table, 
                             float scale, void* workspace, std::size_t workspace_bytes, void* stream) {
   return guarded([&] {
     mlkv::cuda::decode_attention(
-        paged_of(pages, block_table, seq_blocks, batch, kv_heads, head_dim, page_tokens, max_blocks, slots, slot),
+        mlkv::paged_slot_view<mlkv::bf16>::over_pool(static_cast<const mlkv::bf16*>(pages), block_table, seq_blocks,
+                                                     batch, kv_heads, head_dim, page_tokens, max_blocks, slots, slot),
         q_heads, static_cast<const mlkv::bf16*>(q), static_cast<mlkv::bf16*>(out),
         mlkv::cuda::attention_batch::decode(batch, context, max_context), scale, workspace, workspace_bytes,
         static_cast<cudaStream_t>(stream));

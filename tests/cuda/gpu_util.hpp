@@ -169,20 +169,10 @@ struct device_cache {
     d_seq_blocks.upload(sb);
   }
   mlkv::contiguous_slot_view<T> contiguous(int slot) const { return layout.slot_view(slot); }
+  /// (Pages of a power-of-two size address by shifts, the others by division, as in a paged cache.)
   mlkv::paged_slot_view<T> paged(int slot) const {
-    mlkv::paged_slot_view<T> v;
-    v.pages = pages.p;
-    v.block_table = d_table.p;
-    v.seq_blocks = d_seq_blocks.p;
-    v.batch = batch;
-    v.kv_heads = Hkv;
-    v.head_dim = D;
-    v.page_tokens = page_tokens;
-    v.max_blocks = blocks;
-    v.page_stride = page_stride;
-    v.k_offset = 2u * static_cast<std::size_t>(slot) * Hkv * page_tokens * D;
-    v.v_offset = v.k_offset + static_cast<std::size_t>(Hkv) * page_tokens * D;
-    return v;
+    return mlkv::paged_slot_view<T>::over_pool(pages.p, d_table.p, d_seq_blocks.p, batch, Hkv, D, page_tokens, blocks,
+                                               slots, slot);
   }
   /// Host copies of one slot: [batch, Hkv, capacity, D] for K and V, read from the contiguous
   /// cache, and the same rows gathered from the paged pool.

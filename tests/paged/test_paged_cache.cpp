@@ -146,6 +146,20 @@ TEMPLATE_TEST_CASE("page layout: [slot][K|V][kv_head][page_tokens][head_dim], on
   REQUIRE(batch.slot_view(0).page_shift == 2);
   REQUIRE(mlkv::paged_kv_cache<mlkv4, TestType, 3>::page_shift == -1);
   REQUIRE(mlkv::paged_kv_cache<mlkv4, TestType, 64>::page_shift == 6);
+  // The same view from the pool's geometry alone (paged_slot_view::over_pool, for engines with
+  // their own pool); pages of 3 tokens divide.
+  {
+    const auto v = batch.slot_view(1);
+    const auto w = mlkv::paged_slot_view<TestType>::over_pool(v.pages, v.block_table, v.seq_blocks, v.batch, v.kv_heads,
+                                                              v.head_dim, v.page_tokens, v.max_blocks, slots, 1);
+    REQUIRE(w.page_stride == v.page_stride);
+    REQUIRE(w.k_offset == v.k_offset);
+    REQUIRE(w.v_offset == v.v_offset);
+    REQUIRE(w.page_shift == v.page_shift);
+    REQUIRE(mlkv::paged_slot_view<TestType>::over_pool(v.pages, v.block_table, v.seq_blocks, v.batch, v.kv_heads,
+                                                       v.head_dim, 3, v.max_blocks, slots, 1)
+                .page_shift == -1);
+  }
   for (int s = 0; s < slots; ++s) {
     const auto shifted = batch.slot_view(s);
     auto divided = shifted;

@@ -385,20 +385,8 @@ class paged_kv_cache {
     /// so a view of a temporary batch does not compile.
     paged_slot_view<T> slot_view(int slot) const& {
       MLKV_CHECK(slot >= 0 && slot < slots, "KV slot ", slot, " is out of range [0, ", slots, ")");
-      paged_slot_view<T> v;
-      v.pages = pages_;
-      v.block_table = table_.data();
-      v.seq_blocks = blocks_.data();
-      v.batch = size_;
-      v.kv_heads = kv_heads;
-      v.head_dim = head_dim;
-      v.page_tokens = PageTokens;
-      v.max_blocks = max_blocks_;
-      v.page_stride = page_values;
-      v.k_offset = static_cast<std::size_t>(slot) * slot_values;
-      v.v_offset = v.k_offset + half_values;
-      v.page_shift = page_shift;
-      return v;
+      return paged_slot_view<T>::over_pool(pages_, table_.data(), blocks_.data(), size_, kv_heads, head_dim, PageTokens,
+                                           max_blocks_, slots, slot);
     }
     paged_slot_view<T> slot_view(int slot) const&& = delete;
     /// The view of the slot that `layer` reads (its owner's).

@@ -80,6 +80,34 @@ struct paged_slot_view {
   MLKV_HOST_DEVICE const T* v_row(int seq, int head, int token) const { return pages + v_offset + offset(seq, head, token); }
   MLKV_HOST_DEVICE int run(int /*seq*/, int token) const { return page_tokens - in_page(token); }
   MLKV_HOST_DEVICE int max_tokens(int seq) const { return seq_blocks[seq] * page_tokens; }
+
+  /// The view of owner slot `slot` in a pool whose pages hold `slots` owner slots (the layout
+  /// above): strides and offsets from the geometry, page_shift set when page_tokens is a power
+  /// of two. For engines that keep their own pool (and the paged cache's batches).
+  static constexpr paged_slot_view over_pool(const T* pages, const std::int32_t* block_table,
+                                             const std::int32_t* seq_blocks, int batch, int kv_heads, int head_dim,
+                                             int page_tokens, int max_blocks, int slots, int slot) {
+    paged_slot_view v;
+    v.pages = pages;
+    v.block_table = block_table;
+    v.seq_blocks = seq_blocks;
+    v.batch = batch;
+    v.kv_heads = kv_heads;
+    v.head_dim = head_dim;
+    v.page_tokens = page_tokens;
+    v.max_blocks = max_blocks;
+    const std::size_t half = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(page_tokens) *
+                             static_cast<std::size_t>(head_dim);
+    v.page_stride = 2 * static_cast<std::size_t>(slots) * half;
+    v.k_offset = 2 * static_cast<std::size_t>(slot) * half;
+    v.v_offset = v.k_offset + half;
+    v.page_shift = -1;
+    if (page_tokens > 0 && (page_tokens & (page_tokens - 1)) == 0) {
+      v.page_shift = 0;
+      while ((1 << v.page_shift) < page_tokens) ++v.page_shift;
+    }
+    return v;
+  }
 };
 
 }  // namespace mlkv
