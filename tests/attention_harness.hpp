@@ -85,12 +85,8 @@ inline void oracle_stored(const scenario_options& opt, std::vector<double> q, in
   if (opt.bf16_queries) {
     for (auto& x : q) x = quantized<mlkv::bf16>(static_cast<float>(x));
   }
-  if (opt.bf16_weights) {
-    oracle::attention_bf16_weights(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out, slack);
-  } else {
-    oracle::attention(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out);
-    std::fill(slack, slack + static_cast<std::size_t>(rows) * Hq * D, 0.0);
-  }
+  std::fill(slack, slack + static_cast<std::size_t>(rows) * Hq * D, 0.0);
+  oracle::attention(q.data(), rows, Hq, Hkv, D, k, v, ctx, scale, out, opt.bf16_weights, slack);
 }
 
 /// The oracle's picture of the cache: per owner layer and sequence, K and V rows.

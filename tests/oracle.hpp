@@ -50,37 +50,6 @@ inline void rope(double* x, int heads, int D, int rot, double base, long pos) {
   }
 }
 
-/// Causal attention of `rows` query rows at positions ctx-rows .. ctx-1 over K/V [ctx, Hkv, D],
-/// two-pass softmax. q, out: [rows, Hq, D]
-inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v, int ctx,
-                      double scale, double* out) {
-  const int group = Hq / Hkv;
-  std::vector<double> w;
-  for (int i = 0; i < rows; ++i) {
-    const int pos = ctx - rows + i;
-    for (int h = 0; h < Hq; ++h) {
-      const int kh = h / group;
-      const double* qh = q + (static_cast<std::size_t>(i) * Hq + h) * D;
-      w.assign(static_cast<std::size_t>(pos + 1), 0.0);
-      double mx = -INFINITY;
-      for (int t = 0; t <= pos; ++t) {
-        double s = 0;
-        for (int d = 0; d < D; ++d) s += qh[d] * k[(static_cast<std::size_t>(t) * Hkv + kh) * D + d];
-        w[static_cast<std::size_t>(t)] = s * scale;
-        mx = std::max(mx, s * scale);
-      }
-      double sum = 0;
-      for (auto& x : w) sum += (x = std::exp(x - mx));
-      double* o = out + (static_cast<std::size_t>(i) * Hq + h) * D;
-      for (int d = 0; d < D; ++d) {
-        double acc = 0;
-        for (int t = 0; t <= pos; ++t) acc += w[static_cast<std::size_t>(t)] * v[(static_cast<std::size_t>(t) * Hkv + kh) * D + d];
-        o[d] = acc / sum;
-      }
-    }
-  }
-}
-
 /// x >= 0 rounded to bf16 (8 significant bits), to nearest, ties to even, as the BF16
 /// conversion instructions round; values below 2^-126 (f32 and bf16 subnormals) are not used.
 inline double bf16_round(double x) {
@@ -90,21 +59,23 @@ inline double bf16_round(double x) {
   return std::ldexp(std::nearbyint(f * 256.0), e - 8);
 }
 
-/// attention() as a kernel computes it that multiplies P.V in bf16 (the CPU's VDPBF16PS path):
-/// the softmax weights 2^(s - m), s the score in base 2 and m a whole number, rounded to bf16,
-/// and the normaliser summed from the rounded weights. Rounding 2^s scaled by a power of two
-/// gives the same digits whatever the whole number m is, so the weights are defined without
-/// knowing the kernel's running max.
-/// slack (same shape as out): how far the output may move because the kernel, whose scores and
-/// 2^x carry f32 rounding, may round a weight that lies near the midpoint of two bf16 values to
-/// the other one. Per weight, the kernel's relative error before rounding is bounded by
+/// Causal attention of `rows` query rows at positions ctx-rows .. ctx-1 over K/V [ctx, Hkv, D],
+/// two-pass softmax in base 2: weights w_t = 2^(s_t - c), s_t = q.k_t * scale * log2(e) and
+/// c = ceil(max s), out = sum_t w_t v_t / sum_t w_t. q, out: [rows, Hq, D].
+/// With bf16_weights (a kernel that multiplies P.V in bf16: the CPU's VDPBF16PS path) each weight
+/// is rounded to bf16 and the normaliser sums the rounded weights. Rounding 2^s scaled by a power
+/// of two gives the same digits whatever whole number c is, so the weights are defined without
+/// knowing the kernel's running max. slack (same shape as out) then gets how far the output may
+/// move because the kernel, whose scores and 2^x carry f32 rounding, may round a weight that lies
+/// near the midpoint of two bf16 values to the other one. Per weight, the kernel's relative error
+/// before rounding is bounded by
 ///   ln 2 * ((D + 8) 2^-24 * sum_d |q_d k_d| * scale * log2 e + 2^-22 (|s| + |s - m| + 10)) + 2^-20
-/// (the f32 dot product, the scaling, s - m, and 2^x); where the two ends of that interval
-/// round to different bf16 values, the weight is ambiguous by their distance a_t and the output
-/// by sum_t a_t |v_t - o| / (sum_t w_t - sum_t a_t). Weights below 2^-120 of the largest are
+/// (the f32 dot product, the scaling, s - m, and 2^x); where the two ends of that interval round
+/// to different bf16 values, the weight is ambiguous by their distance a_t and the output by
+/// sum_t a_t |v_t - o| / (sum_t w_t - sum_t a_t). Weights below 2^-120 of the largest are
 /// ambiguous by 2^-118 (the kernel may flush them or clamp 2^x there).
-inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
-                                   int ctx, double scale, double* out, double* slack) {
+inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v, int ctx,
+                      double scale, double* out, bool bf16_weights = false, double* slack = nullptr) {
   const int group = Hq / Hkv;
   const double log2e = 1.4426950408889634, ln2 = 0.6931471805599453;
   std::vector<double> s, a, w, amb;
@@ -134,7 +105,9 @@ inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, i
       double sum = 0, sum_amb = 0;
       for (std::size_t t = 0; t < n; ++t) {
         const double x = std::exp2(s[t] - c);
-        if (x < std::ldexp(1.0, -120)) {
+        if (!bf16_weights) {
+          w[t] = x;
+        } else if (x < std::ldexp(1.0, -120)) {
           w[t] = x;
           amb[t] = std::ldexp(1.0, -118);
         } else {
@@ -148,19 +121,25 @@ inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, i
         sum_amb += amb[t];
       }
       double* o = out + (static_cast<std::size_t>(i) * Hq + h) * D;
-      double* sl = slack + (static_cast<std::size_t>(i) * Hq + h) * D;
       for (int d = 0; d < D; ++d) {
-        double acc = 0;
+        double acc = 0, m = 0;
         for (std::size_t t = 0; t < n; ++t) acc += w[t] * v[(t * Hkv + kh) * D + d];
         o[d] = acc / sum;
-        double m = 0;
+        if (slack == nullptr) continue;
         for (std::size_t t = 0; t < n; ++t) {
           if (amb[t] > 0) m += amb[t] * std::abs(v[(t * Hkv + kh) * D + d] - o[d]);
         }
-        sl[d] = m / std::max(sum - sum_amb, 0.5 * sum);
+        slack[(static_cast<std::size_t>(i) * Hq + h) * D + static_cast<std::size_t>(d)] =
+            m / std::max(sum - sum_amb, 0.5 * sum);
       }
     }
   }
+}
+
+/// attention() with bf16 weights and their allowance (the CPU's VDPBF16PS path).
+inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
+                                   int ctx, double scale, double* out, double* slack) {
+  attention(q, rows, Hq, Hkv, D, k, v, ctx, scale, out, true, slack);
 }
 
 }  // namespace oracle

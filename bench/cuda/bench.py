@@ -148,6 +148,12 @@ def read_bandwidth(lib, sms):
     return best, results, torch_sum, copy
 
 
+def calls_for(kv_bytes, read_tbps):
+    """Decode calls per timed graph: about 2 ms of work at the read bandwidth, 3 to 2000 calls."""
+    est_us = kv_bytes / (read_tbps * 1e6)
+    return max(3, min(2000, math.ceil(2000.0 / max(est_us, 1.0))))
+
+
 def rel_err(a, b):
     a, b = a.float(), b.float()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
@@ -190,8 +196,7 @@ def bench_decode(lib, name, hq, hkv, d, batch, ctx, l2, read_tbps, free_bytes, v
                                          hkv, cap, d, hq, q.data_ptr(), out.data_ptr(), context.data_ptr(), cap,
                                          scale, state["ws"].data_ptr(), state["ws_bytes"], stream_ptr()))
     q4 = q.view(batch, hq, 1, d)
-    est_us = kv_bytes / (read_tbps * 1e6)
-    n_calls = max(sets, 3, min(2000, math.ceil(2000.0 / max(est_us, 1.0))))
+    n_calls = max(sets, calls_for(kv_bytes, read_tbps))
     n_calls = math.ceil(n_calls / sets) * sets
     if variants is not None:  # sweep: kernel shapes x forced splits x PDL
         # A warm-up pass first: the first graphs timed after the inputs are created run slower
@@ -258,8 +263,7 @@ def bench_decode_paged(lib, hq, hkv, d, batch, ctx, page, slots, shuffle, read_t
                                                context.data_ptr(), ctx, 1.0 / math.sqrt(d), ws.data_ptr(), ws_bytes,
                                                stream_ptr()))
     kv_bytes = 2 * batch * hkv * ctx * d * 2
-    est_us = kv_bytes / (read_tbps * 1e6)
-    us = time_calls(ours, max(3, min(2000, math.ceil(2000.0 / max(est_us, 1.0)))))[0]
+    us = time_calls(ours, calls_for(kv_bytes, read_tbps))[0]
     del pool
     torch.cuda.empty_cache()
     return us, 100.0 * kv_bytes / us / 1e6 / read_tbps
