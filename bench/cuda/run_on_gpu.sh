@@ -50,7 +50,7 @@ if has build; then
     esac
   done
   rm -rf "$SRC" && mkdir -p "$SRC" && tar -cf - "${excl[@]}" . | tar -xf - -C "$SRC"
-  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON \
+  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON -DMLKV_BENCH_DECODE_VARIANTS=ON \
     -DMLKV_BUILD_EXAMPLES=OFF >"$OUT/build.log" 2>&1 &&
     cmake --build "$BUILD" --target test_cuda mlkv_cuda_bench -j"$(nproc)" >>"$OUT/build.log" 2>&1
   rc=$?

@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/mlkv_verify_out}
 mkdir -p "$OUT"
 BUILD=${MLKV_BUILD_DIR:-/tmp/bg}
 LABEL=${MLKV_LABEL:-row}
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON \
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON -DMLKV_BENCH_DECODE_VARIANTS=ON \
   -DMLKV_BUILD_EXAMPLES=OFF -DMLKV_FUZZ=OFF >"$OUT/build.log" 2>&1 &&
   cmake --build "$BUILD" --target test_cuda mlkv_cuda_bench -j"$(nproc)" >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 if [ -z "${MLKV_SKIP_TEST:-}" ]; then

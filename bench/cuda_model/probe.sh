@@ -17,7 +17,7 @@ has() { [[ " $PROBE " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader
 if [ ! -x "$BUILD/bench/cuda_model/mlkv-cuda-model" ] || [ -n "${MLKV_REBUILD:-}" ]; then
   t0=$(date +%s)
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON \
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLKV_SANITIZE_TESTS=OFF -DMLKV_BUILD_BENCH=ON -DMLKV_BENCH_DECODE_VARIANTS=ON \
     -DMLKV_BUILD_EXAMPLES=OFF -DMLKV_FUZZ=OFF >"$OUT/build.log" 2>&1 &&
     cmake --build "$BUILD" --target test_cuda test_cuda_model mlkv-cuda-model mlkv_cuda_bench -j16 >>"$OUT/build.log" 2>&1 ||
     { grep -E "error" "$OUT/build.log" | head -20; echo BUILD FAILED; exit 1; }

@@ -16,6 +16,17 @@ namespace mlkv_cpu_test {
 
 using mlkv::cpu::isa;
 
+/// The paths these tests run: every path usable here, except the scalar one under emulation
+/// (qemu, MLKV_TEST_EMULATED). The scalar path is the same portable C++ on every target and runs
+/// natively in the host's build of these tests; under qemu it took half of the emulated time, so
+/// there only the target's own SIMD path runs.
+inline std::vector<isa> tested_isas() {
+  std::vector<isa> v = mlkv::cpu::supported_isas();
+#if defined(MLKV_TEST_EMULATED)
+  if (v.size() > 1) std::erase(v, isa::scalar);
+#endif
+  return v;
+}
 
 /// True when path i multiplies in bf16 for storage T: the avx512_bf16 path multiplies bf16
 /// queries with bf16 keys, and bf16 softmax weights with bf16 values, by VDPBF16PS (f32 sums).

@@ -16,7 +16,7 @@ using namespace mlkv_cpu_test;
 // The paged harness's oracle reads the queries as given, so the avx512_bf16 path (which reads
 // bf16 queries) is checked over pages only through the bit-for-bit comparison below.
 TEMPLATE_TEST_CASE("every CPU path over pages matches the oracle", "[cpu][paged]", float, mlkv::f16, mlkv::bf16) {
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     if (rounds_queries<TestType>(i)) continue;
     INFO("path " << mlkv::cpu::name_of(i));
     mlkv_test::run_paged_attention_scenario<mlkv_test::uneven_gqa, TestType, 16>(kernel({.isa = i}),
@@ -71,7 +71,7 @@ void same_bits_as_contiguous(std::uint64_t seed) {
   const auto batch = pool.make_batch(ids);
   const auto q = r.vec(static_cast<std::size_t>(offs[B]) * Hq * D);
   const float scale = mlkv::cpu::default_scale(D);
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     for (int split : {0, 7}) {
       // The software prefetch walks the same runs: on for the second split setting.

@@ -9,7 +9,7 @@ using mlkv::cpu::attention_options;
 
 TEMPLATE_TEST_CASE("every CPU path matches the oracle on the paper's configurations", "[cpu]", float, mlkv::f16,
                    mlkv::bf16) {
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     if (reduced()) {
       // One paper configuration (MLKV-4: 12 query heads on one KV head, 4 owner layers).
@@ -25,7 +25,7 @@ TEMPLATE_TEST_CASE("every CPU path matches the oracle on the paper's configurati
 }
 
 TEMPLATE_TEST_CASE("every CPU path matches the oracle on awkward geometries", "[cpu]", float, mlkv::f16, mlkv::bf16) {
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     // With the software prefetch always on (by default only calls reading >= 16 MiB of K/V,
     // which no test context reaches, prefetch).
@@ -49,7 +49,7 @@ TEST_CASE("every CPU path over a longer context (multiples of nothing)", "[cpu]"
   opt.decode_steps = 2;
   opt.second_chunk = 29;
   if (reduced()) opt.first_chunk = {213, 1};  // the double oracle is quadratic in the prefill
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     mlkv_test::run_attention_scenario<mlkv_test::single_owner_d80, mlkv::bf16>(kernel({.isa = i}),
                                                                                mlkv_test::fresh_seed(),
@@ -67,7 +67,7 @@ TEMPLATE_TEST_CASE("every CPU path: prefilling N tokens at once equals N decode 
   const auto q = r.vec(std::size_t{N} * Hq * D);
   const float scale = mlkv::cpu::default_scale(D);
   for (int s = 0; s < S.kv_layers; ++s) prefill.append(s, 0, N, k.data(), v.data(), &rope);
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     const attention_options opt{.isa = i};
     std::vector<float> out_prefill(q.size());

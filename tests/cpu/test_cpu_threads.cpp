@@ -46,7 +46,7 @@ TEST_CASE("results do not depend on the number of threads (1, 2, 7) beyond round
   thread_pool one(1), two(2), seven(7);
   const std::vector<executor*> pools{&one, &two, &seven};
   double worst = 0;
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     // The harness's scenario with forced chunks of 5 tokens (many partials merged), on 1, 2
     // and 7 threads: the tasks are the same, their order and threads differ.
@@ -120,7 +120,7 @@ TEST_CASE("long contexts cut by thread count give the same results beyond roundi
   thread_pool one(1), two(2), seven(7);
   const std::vector<executor*> pools{&one, &two, &seven};
   double worst = 0;
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     long_context_threads<mlkv_test::single_owner_d80, float>(i, pools, worst);
     long_context_threads<mlkv_test::group7_d96, mlkv::f16>(i, pools, worst);
@@ -132,7 +132,7 @@ TEST_CASE("long contexts cut by thread count give the same results beyond roundi
 TEMPLATE_TEST_CASE("context chunks merged by log-sum-exp match the oracle on every geometry", "[cpu][threads]", float,
                    mlkv::f16, mlkv::bf16) {
   thread_pool two(2);
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     // 1 token per chunk (most chunks of a row see a single token), 7 (chunks end inside a
     // SIMD tile), 32 (chunks of whole tiles).
@@ -191,7 +191,7 @@ TEST_CASE("an engine's own executor runs the kernels: same results as serial wit
   const auto q = r.vec(std::size_t{B} * Hq * D);
   const float scale = mlkv::cpu::default_scale(D);
   reverse_executor engine(3);
-  for (isa i : mlkv::cpu::supported_isas()) {
+  for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     for (int split : {16, 100}) {
       std::vector<float> serial(q.size()), threaded(q.size(), std::numeric_limits<float>::quiet_NaN());
