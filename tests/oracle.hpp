@@ -69,8 +69,8 @@ inline double bf16_round(double x) {
 /// move because the kernel, whose scores and 2^x carry f32 rounding, may round a weight that lies
 /// near the midpoint of two bf16 values to the other one. Per weight, the kernel's relative error
 /// before rounding is bounded by
-///   ln 2 * ((D + 8) 2^-24 * sum_d |q_d k_d| * scale * log2 e + 2^-22 (|s| + |s - m| + 10)) + 2^-20
-/// (the f32 dot product, the scaling, s - m, and 2^x); where the two ends of that interval round
+///   ln 2 * ((D + 8) 2^-24 * sum_d |q_d k_d| * scale * log2 e + 2^-22 (|s| + |s - m| + 10)) + 2^-17
+/// (the f32 dot product, the scaling, s - m, and 2^x: the kernel's degree-4 polynomial, 3.7e-6); where the two ends of that interval round
 /// to different bf16 values, the weight is ambiguous by their distance a_t and the output by
 /// sum_t a_t |v_t - o| / (sum_t w_t - sum_t a_t). Weights below 2^-120 of the largest are
 /// ambiguous by 2^-118 (the kernel may flush them or clamp 2^x there).
@@ -113,7 +113,7 @@ inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const d
         } else {
           const double eps =
               ln2 * ((D + 8) * std::ldexp(a[t], -24) + std::ldexp(std::abs(s[t]) + std::abs(s[t] - c) + 10, -22)) +
-              std::ldexp(1.0, -20);
+              std::ldexp(1.0, -17);
           w[t] = bf16_round(x);
           amb[t] = bf16_round(x * (1 + eps)) - bf16_round(x * (1 - eps));
         }
