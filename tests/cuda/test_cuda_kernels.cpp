@@ -210,12 +210,18 @@ TEST_CASE("CUDA decode over long contexts: split, merged, any group size", "[cud
   long_decode<group48_d64, mlkv::bf16>({2500, 130}, 16, true);             // 48 heads: blocks of 32 + 16
   long_decode<gqa32_8_d128, mlkv::bf16>({3000, 1, 2500}, 16, false);       // 32:8
   long_decode<mha_d96, mlkv::f16>({1500, 2, 63}, 3, false);                // MHA, head dim 96
-  // 90 work items (more than 2/3 of the SMs on a GPU of up to 135 SMs): unsplit, one sequence
-  // of 16400 tokens in one CTA.
-  std::vector<int> few(90);
-  for (std::size_t b = 0; b < few.size(); ++b) few[b] = 1 + static_cast<int>((b * 37u) % 300u);
-  few[41] = 16400;
-  long_decode<mqa_d64, mlkv::bf16>(few, 64, false);
+  // One work item per SM (12:1): the plan splits in four for balance, but only the sequences of
+  // at least 128 tiles (16384 tokens in 128-token tiles); the others keep one split.
+  int dev = 0, sms = 0;
+  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess);
+  std::vector<int> per_sm(static_cast<std::size_t>(sms));
+  for (std::size_t b = 0; b < per_sm.size(); ++b) per_sm[b] = 1 + static_cast<int>((b * 37u) % 300u);
+  per_sm[3] = 16400;   // 129 tiles: four splits
+  per_sm[7] = 16384;   // 128 tiles: four splits
+  per_sm[11] = 16256;  // 127 tiles: one split of 127 tiles
+  per_sm[13] = 9000;
+  long_decode<mqa_d64, mlkv::bf16>(per_sm, 64, true);
   // Planned for far longer contexts than any sequence holds: every sequence's splits come from
   // its own length (one tile up to the plan's chunk).
   long_decode<mqa_d64, mlkv::bf16>({700, 1, 64, 33, 129}, 16, true, 16384);

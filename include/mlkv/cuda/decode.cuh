@@ -146,6 +146,7 @@ struct decode_params {
   int chunk;        // the plan's tokens per split (multiple of the tile), for max_context
   int tile;         // tokens per tile
   int max_splits;   // splits per (sequence, KV head, head block)
+  int split_from_tiles;  // sequences of fewer tiles keep one split (0: all spread; decode_seq_chunk)
   float scale_log2; // softmax scale * log2(e)
   float* part_o;    // [items, max_splits, 16*MT, head_dim]: each split's normalised output
   float* part_lse;  // [items, max_splits, 16*MT]: each split's log2-sum-exp2
@@ -169,11 +170,14 @@ __device__ __forceinline__ bool decode_bad_context(const decode_params<T, View>&
 /// spreads each sequence over the splits it launched, instead of leaving its context to the first
 /// split while the others return (measured on an H100, 12:1 d64 batch 16 at 2048 tokens planned
 /// for 32768: 27.9 us with the plan's chunk, against 10.5 us with a plan for 2048).
+/// A plan that splits only for balance (decode_plan::split_from_tiles) leaves a sequence of fewer
+/// tiles than that in one split: there the other CTAs of its item return at once.
 /// The split and combine kernels both take a sequence's splits from here.
 template <class T, class View>
 __device__ __forceinline__ int decode_seq_chunk(const decode_params<T, View>& p, int ctx) {
   const int plan_tiles = p.chunk / p.tile;
   const int tiles = (ctx + p.tile - 1) / p.tile;
+  if (tiles < p.split_from_tiles) return tiles * p.tile;
   return min(plan_tiles, max(min(2, plan_tiles), (tiles + p.max_splits - 1) / p.max_splits)) * p.tile;
 }
 
@@ -660,6 +664,7 @@ struct decode_plan {
   int head_blocks = 1;  // head blocks per KV head
   int chunk = 0;        // tokens per split
   int splits = 1;       // splits per (sequence, KV head, head block)
+  int split_from_tiles = 0;  // > 0: only sequences of at least this many tiles are split
   std::size_t items = 0;
   std::size_t workspace = 0;  // bytes
 };
@@ -671,6 +676,11 @@ struct decode_plan {
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
 /// The plan is made for max_context; each sequence then cuts its own context over the planned
 /// splits (decode_seq_chunk), so a loose max_context costs idle CTAs, not the split's parallelism.
+/// Long contexts over fewer than 1.5 work items per SM (16-row tiles, head dim <= 64) split in
+/// four, but only the sequences of at least 128 tiles (split_from_tiles; shorter ones keep one
+/// split, their other CTAs return at once): NOTES.md v9 measured four splits 3-6% faster at
+/// 16384 and 32768 tokens, and v10 showed that splits of short contexts (a graph planned for far
+/// longer ones) are 17-32% slower at about one work item per SM.
 /// The 32-row tiles (MT = 2, groups of 17-32 query heads) aim at one CTA per SM instead, and may
 /// split in two: each CTA carries twice the rows (NOTES.md v7: 32:1 d128 at batch 16 and 64,
 /// 1.7-11% faster than at two CTAs per SM from 4096 tokens on).
@@ -690,13 +700,17 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
   const std::size_t want = std::max<std::size_t>(1, per_sm * static_cast<std::size_t>(occ.sms) / pl.items);
   int s = static_cast<int>(std::min<std::size_t>(want, 64));
   if (s == 2 && MT == 1) s = 1;
-  // (Four splits for long contexts over fewer than 1.5 CTAs per SM were 3-6% faster at 16384 and
-  // 32768 tokens planned and held, but 17-32% slower when the plan's max_context was 16x the
-  // contexts held, even with decode_seq_chunk: work items near the SM count leave no room for
-  // splits of short contexts. NOTES.md v10.)
+  constexpr int long_tiles = 128;
+  if (s == 1 && MT == 1 && D <= 64 && 2 * pl.items < 3 * static_cast<std::size_t>(occ.sms) && tiles >= long_tiles) {
+    s = 4;
+    pl.split_from_tiles = long_tiles;
+  }
   s = std::min(s, std::max(1, tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
-  if (forced > 0) s = std::min(forced, std::min(tiles, decode_max_splits));
+  if (forced > 0) {
+    s = std::min(forced, std::min(tiles, decode_max_splits));
+    pl.split_from_tiles = 0;
+  }
   const int ct = (tiles + s - 1) / s;  // tiles per split
   pl.splits = (tiles + ct - 1) / ct;
   pl.chunk = ct * Cfg::tile;
@@ -758,6 +772,7 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   p.chunk = pl.chunk;
   p.tile = Cfg::tile;
   p.max_splits = pl.splits;
+  p.split_from_tiles = pl.split_from_tiles;
   p.scale_log2 = scale * 1.4426950408889634f;
   p.walk = walk;
   p.part_o = static_cast<float*>(workspace);
@@ -772,8 +787,10 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   // meant as one CTA per SM, or one starting behind a kernel whose CTAs end together, loses more
   // to that packing than the prefetch brings (v8: 32:1 d128 +17-34%, unsplit 12:4 B64 +3%).
   // The combine kernel follows it with programmatic dependent launch (it waits before reading).
+  // Nor for a plan that splits only long sequences: the prefetched split starts are known only
+  // for them.
   const bool early = std::is_same_v<View, contiguous_slot_view<T>> && fused == nullptr && MT == 1 && pl.splits > 1 &&
-                     decode_early_start.load(std::memory_order_relaxed) != 0;
+                     pl.split_from_tiles == 0 && decode_early_start.load(std::memory_order_relaxed) != 0;
   p.early_rows = early ? Cfg::stages * Cfg::tile : 0;
   if (fused != nullptr) {
     p.fq = *fused;
