@@ -1,8 +1,10 @@
 // ISA selection, input checks, and numerics the oracle scenarios do not reach: masked tokens
-// weigh exactly zero, peaked softmaxes do not overflow, and the BF16 dot-product path really
-// reads bf16 queries (the harness's tight bound tells the two apart).
+// weigh exactly zero, peaked softmaxes do not overflow, no invalid operation is raised (an
+// engine may trap FP exceptions), and the BF16 dot-product path really reads bf16 queries (the
+// harness's tight bound tells the two apart).
 #include <mlkv/cpu/attention.hpp>
 
+#include <cfenv>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -92,6 +94,47 @@ TEST_CASE("the fast path rejects what the reference rejects, with the same messa
   std::int32_t c1[2] = {1, 1};
   REQUIRE_THROWS_WITH(mlkv::cpu::decode(v, 12, q.data(), out.data(), 2, c1, 0.1f),
                       "mlkv: head dim (60) must be a multiple of 8 between 8 and 512");
+}
+
+namespace {
+/// Causal prefill of N rows (masked tokens in every tile but the first rows' full ones, a last
+/// tile partly past the context) and decode rows with forced context chunks, on the calling
+/// thread: no FE_INVALID, FE_DIVBYZERO or FE_OVERFLOW may be raised (underflow and inexact are
+/// the softmax's normal business).
+template <int Hq, int Hkv, class T>
+void no_fp_exceptions(isa i) {
+  constexpr mlkv::model_shape S{.layers = 1, .q_heads = Hq, .kv_heads = Hkv, .kv_layers = 1, .head_dim = 64};
+  constexpr int N = 77, D = 64;
+  INFO("path " << mlkv::cpu::name_of(i) << " Hq=" << Hq << " Hkv=" << Hkv << " dtype=" << mlkv::name_of(mlkv::dtype_of<T>));
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  mlkv::kv_cache<S, T> cache(1, N);
+  const auto k = r.vec(std::size_t{N} * Hkv * D), v = r.vec(std::size_t{N} * Hkv * D);
+  cache.append(0, 0, N, k.data(), v.data());
+  const auto q = r.vec(std::size_t{N} * Hq * D);
+  std::vector<float> out(q.size());
+  const float scale = mlkv::cpu::default_scale(D);
+  const std::int32_t ctx = N, offs[2] = {0, N};
+  constexpr int raised = FE_INVALID | FE_DIVBYZERO | FE_OVERFLOW;
+  for (int split : {0, 16}) {
+    std::feclearexcept(FE_ALL_EXCEPT);
+    mlkv::cpu::attention(cache.slot_view(0), Hq, q.data(), out.data(), {1, &ctx, offs}, scale,
+                         {.isa = i, .split_tokens = split});
+    CHECK(std::fetestexcept(raised) == 0);
+    std::feclearexcept(FE_ALL_EXCEPT);
+    mlkv::cpu::decode(cache.slot_view(0), Hq, q.data(), out.data(), 1, &ctx, scale, {.isa = i, .split_tokens = split});
+    CHECK(std::fetestexcept(raised) == 0);
+  }
+}
+}  // namespace
+
+TEST_CASE("the CPU paths raise no invalid-operation, divide-by-zero or overflow flag", "[cpu]") {
+  for (isa i : tested_isas()) {
+    no_fp_exceptions<12, 1, mlkv::bf16>(i);  // 12 queries per K row
+    no_fp_exceptions<12, 1, mlkv::f16>(i);
+    no_fp_exceptions<12, 1, float>(i);
+    no_fp_exceptions<4, 4, mlkv::bf16>(i);  // one query per K row (row dot products)
+    no_fp_exceptions<4, 4, float>(i);
+  }
 }
 
 TEST_CASE("masked tokens weigh exactly zero: huge future keys do not leak into earlier rows", "[cpu]") {

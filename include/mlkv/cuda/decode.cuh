@@ -787,8 +787,8 @@ void decode_launch(const View& kv, int q_heads, const T* q, T* out, const attent
   // meant as one CTA per SM, or one starting behind a kernel whose CTAs end together, loses more
   // to that packing than the prefetch brings (v8: 32:1 d128 +17-34%, unsplit 12:4 B64 +3%).
   // The combine kernel follows it with programmatic dependent launch (it waits before reading).
-  // Nor for a plan that splits only long sequences: the prefetched split starts are known only
-  // for them.
+  // Nor for a plan that splits only long sequences (split_from_tiles): before the lengths are
+  // read, a CTA cannot tell whether its split reads the rows at its planned start.
   const bool early = std::is_same_v<View, contiguous_slot_view<T>> && fused == nullptr && MT == 1 && pl.splits > 1 &&
                      pl.split_from_tiles == 0 && decode_early_start.load(std::memory_order_relaxed) != 0;
   p.early_rows = early ? Cfg::stages * Cfg::tile : 0;
