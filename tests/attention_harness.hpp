@@ -68,7 +68,7 @@ struct scenario_options {
   bool bf16_queries = false;
   /// The kernel rounds the softmax weights to bf16 for P.V (the same CPU path): the oracle on
   /// the stored values rounds them too and allows for the weights the kernel's f32 rounding may
-  /// tip to the neighbouring bf16 value (oracle::attention_bf16_weights).
+  /// tip to the neighbouring bf16 value (oracle::attention with bf16 weights).
   bool bf16_weights = false;
 };
 

@@ -70,8 +70,8 @@ inline double bf16_round(double x) {
 /// near the midpoint of two bf16 values to the other one. Per weight, the kernel's relative error
 /// before rounding is bounded by
 ///   ln 2 * ((D + 8) 2^-24 * sum_d |q_d k_d| * scale * log2 e + 2^-22 (|s| + |s - m| + 10)) + 2^-17
-/// (the f32 dot product, the scaling, s - m, and 2^x: the kernel's degree-4 polynomial, 3.7e-6); where the two ends of that interval round
-/// to different bf16 values, the weight is ambiguous by their distance a_t and the output by
+/// (the f32 dot product, the scaling, s - m, and 2^x: the kernel's degree-4 polynomial, 3.7e-6);
+/// where the two ends of that interval round to different bf16 values, the weight is ambiguous by their distance a_t and the output by
 /// sum_t a_t |v_t - o| / (sum_t w_t - sum_t a_t). Weights below 2^-120 of the largest are
 /// ambiguous by 2^-118 (the kernel may flush them or clamp 2^x there).
 inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v, int ctx,
@@ -134,12 +134,6 @@ inline void attention(const double* q, int rows, int Hq, int Hkv, int D, const d
       }
     }
   }
-}
-
-/// attention() with bf16 weights and their allowance (the CPU's VDPBF16PS path).
-inline void attention_bf16_weights(const double* q, int rows, int Hq, int Hkv, int D, const double* k, const double* v,
-                                   int ctx, double scale, double* out, double* slack) {
-  attention(q, rows, Hq, Hkv, D, k, v, ctx, scale, out, true, slack);
 }
 
 }  // namespace oracle

@@ -35,7 +35,7 @@ struct rng {
 };
 
 /// max(|a - b| - slack, 0) / max(|b|, floor): the error relative to the reference's scale, with
-/// an allowance per element (oracle::attention_bf16_weights).
+/// an allowance per element (oracle::attention with bf16 weights).
 template <class A, class B, class S>
 double rel_err_slack(const A& a, const B& b, const S& slack, double floor = 1e-6) {
   double num = 0, den = floor;

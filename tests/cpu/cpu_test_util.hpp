@@ -31,7 +31,7 @@ inline std::vector<isa> tested_isas() {
 /// True when path i multiplies in bf16 for storage T: the avx512_bf16 path multiplies bf16
 /// queries with bf16 keys, and bf16 softmax weights with bf16 values, by VDPBF16PS (f32 sums).
 /// The harness's oracle on the stored values rounds q and the weights the same way and keeps
-/// its tight bound (plus the allowance of oracle::attention_bf16_weights), while the bound
+/// its tight bound (plus the allowance of oracle::attention with bf16 weights), while the bound
 /// against the exact inputs stays the storage type's.
 template <class T>
 bool rounds_queries(isa i) {

@@ -181,7 +181,7 @@ TEST_CASE("masked tokens weigh exactly zero: huge future keys do not leak into e
 TEST_CASE("the BF16 dot-product path rounds the queries and the weights to bf16: the tight bound tells it apart",
           "[cpu]") {
   // The harness checks the avx512_bf16 path against an oracle that rounds q and the softmax
-  // weights to bf16 (with the allowance of oracle::attention_bf16_weights). This shows that each
+  // weights to bf16 (with the allowance of oracle::attention's bf16 weights). This shows that each
   // rounding is what makes it pass (against unrounded q, or unrounded weights, the error is
   // ~100x the tight bound) and that the tight bound still catches one token too many or too few.
   if (!mlkv::cpu::supported(isa::avx512_bf16)) {
@@ -207,12 +207,12 @@ TEST_CASE("the BF16 dot-product path rounds the queries and the weights to bf16:
     const std::size_t n = q.size();
     std::vector<double> want(n), want_slack(n), unrounded(n), unrounded_slack(n), fewer(n), fewer_slack(n),
         exact_weights(n);
-    oracle::attention_bf16_weights(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, want.data(),
-                                   want_slack.data());
-    oracle::attention_bf16_weights(qx.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, unrounded.data(),
-                                   unrounded_slack.data());
-    oracle::attention_bf16_weights(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx - 1, scale, fewer.data(),
-                                   fewer_slack.data());
+    oracle::attention(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, want.data(), true,
+                      want_slack.data());
+    oracle::attention(qx.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, unrounded.data(), true,
+                      unrounded_slack.data());
+    oracle::attention(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx - 1, scale, fewer.data(), true,
+                      fewer_slack.data());
     oracle::attention(qb.data(), 1, Hq, 1, D, ks.data(), vs.data(), ctx, scale, exact_weights.data());
     CHECK(mlkv_test::rel_err_slack(out, want, want_slack) <= mlkv_test::tight_bound);
     CHECK(mlkv_test::rel_err_slack(out, fewer, fewer_slack) > 10 * mlkv_test::tight_bound);

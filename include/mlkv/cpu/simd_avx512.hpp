@@ -249,8 +249,8 @@ struct ops : avx512::ops {
   /// differently for each m): splits of the context round a weight to the same bf16. 2^(s - n)
   /// by a degree-4 minimax polynomial on [-1/2, 1/2]: relative error below 3.7e-6 in f32
   /// (measured over 3.2e8 values), against bf16's half-ulp of 2^-9; the oracle allows 2^-17
-  /// (tests/oracle.hpp). No clamp: scores far below m underflow to 0; a score of -inf would
-  /// give NaN and raise FE_INVALID, so callers pass masked lanes as m and zero them after.
+  /// (tests/oracle.hpp). No clamp: scores far below m (masked ones hold the lowest finite
+  /// value) give exactly 0; a score of -inf would give NaN and raise FE_INVALID.
   static MLKV_SIMD_INLINE vf exp2_weight(vf s, vf m) {
     const vf n = _mm512_roundscale_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vf r = _mm512_sub_ps(s, n);
