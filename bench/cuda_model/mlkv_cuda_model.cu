@@ -4,6 +4,7 @@
 //                         [--mem-frac 0.8] [--out FILE.json]
 //                         [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]
 //                         [--branch-sms N] [--branch-priority -1|0|1] [--kv-evict-first 0|1]
+//                         [--gemv-rows N]
 //       Decode tokens/s of the paper's nine Pythia-160M configurations (random bf16 weights, bf16
 //       cache in pages of 128 tokens, every sequence at `context` tokens), at each batch and at the
 //       largest batch whose weights, cache, activations and logits chunk fit in mem-frac of the
@@ -16,7 +17,8 @@
 //       output embedding at batch 512), --branch-sms (cuda_model_options::branch_sms),
 //       --branch-priority (model_detail::branch_priority: -1 by batch, 0 off, 1 on),
 //       --kv-evict-first (model_detail::kv_evict_first: decode K/V copies with an L2 evict-first
-//       policy; 0: off, as before v7, NOTES.md).
+//       policy; 0: off, as before v7, NOTES.md), --gemv-rows (cuda_model_options::gemv_rows; 0:
+//       cuBLASLt for every decode GEMM, as before v10).
 //       (The v4 comparisons of NOTES.md also switched the pre-v4 kernels in; those paths were
 //       removed once v4 was kept.)
 //   mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX
@@ -51,6 +53,7 @@ using namespace mlkv;
                "                             [--mem-frac F] [--out FILE.json] [--steps N] [--no-bw]\n"
                "                             [--gemm-algos N] [--show-gemms] [--decode-splits N] [--logits-chunk N]\n"
                "                             [--branch-sms N] [--branch-priority -1|0|1] [--kv-evict-first 0|1]\n"
+               "                             [--gemv-rows N]\n"
                "       mlkv-cuda-model run --model DIR --tokens FILE --prompt N [--dtype f32|bf16|cpu] --out PREFIX\n",
                why.c_str());
   std::exit(2);
@@ -158,6 +161,7 @@ struct bench_options {
   bool show_gemms = false;
   int logits_chunk = 512;  ///< cuda_model_options::logits_chunk
   int branch_sms = -2;     ///< cuda_model_options::branch_sms (-2: the default)
+  int gemv_rows = -1;      ///< cuda_model_options::gemv_rows (-1: the default)
 };
 
 struct row {
@@ -227,6 +231,7 @@ void bench_config(const char* name, const bench_options& o, double read_bw, std:
   cuda::cuda_model_options mo{.max_batch = max_b, .max_rows = 1, .max_context = seq_tokens, .logits_chunk = chunk};
   if (o.gemm_algos >= 0) mo.gemm_algos = o.gemm_algos;
   if (o.branch_sms >= -1) mo.branch_sms = o.branch_sms;
+  if (o.gemv_rows >= 0) mo.gemv_rows = o.gemv_rows;
   cuda::cuda_model<bf16, bf16> m(w, mo, s);
   const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%-8s largest batch %d (%.2f MB per sequence at %d tokens, %.0f KB scratch per row); setup %.1f s\n",
@@ -306,6 +311,7 @@ int bench_main(int argc, char** argv) {
     else if (a == "--show-gemms") o.show_gemms = true;
     else if (a == "--logits-chunk") o.logits_chunk = std::atoi(next().c_str());
     else if (a == "--branch-sms") o.branch_sms = std::atoi(next().c_str());
+    else if (a == "--gemv-rows") o.gemv_rows = std::atoi(next().c_str());
     else if (a == "--branch-priority") cuda::model_detail::branch_priority.store(std::atoi(next().c_str()));
     else if (a == "--decode-splits") cuda::detail::decode_force_splits.store(std::atoi(next().c_str()));
     else if (a == "--kv-evict-first") cuda::model_detail::kv_evict_first.store(std::atoi(next().c_str()));

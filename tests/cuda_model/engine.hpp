@@ -39,6 +39,8 @@ struct engine_options {
   int branch_priority = -1;
   /// mlkv::cuda::detail::decode_force_splits for this engine's decode calls (0: the plan's split)
   int decode_splits = 0;
+  /// cuda_model_options::gemv_rows (-1: the default; 0: cuBLASLt for every decode GEMM)
+  int gemv_rows = -1;
 };
 
 /// A CUDA model loaded from a checkpoint directory with its own device cache and stream.
@@ -59,6 +61,13 @@ class engine {
   virtual void decode(const std::vector<int>& seqs, const std::vector<std::int32_t>& tokens, float* logits,
                       std::int32_t* next, bool tokens_from_last = false) = 0;
 };
+
+/// mlkv::cuda::model_detail::gemv (the decode steps' matrix-vector kernel) on random inputs,
+/// y[rows, out] = x[rows, in] w[out, in]^T with bf16 (or f32) operands, against the exact products
+/// of the same values summed in double: the largest |error| of an output relative to
+/// sum_i |x_i w_i| of that output. Infinity when an output is not written (poisoned with NaN) or a
+/// guard row after y is changed. max_blocks: gemv's cap on the grid (0: none).
+double gemv_relative_error(bool bf16, int rows, int in, int out, std::uint64_t seed, int max_blocks = 0);
 
 /// Loads dir (config.json + model.safetensors) through mlkv::model::load_checkpoint.
 std::unique_ptr<engine> make_engine(const std::string& dir, const engine_options& opt);

@@ -3,6 +3,10 @@
 #include <mlkv/cuda/model/gpt_neox.cuh>
 #include <mlkv/dispatch.hpp>
 
+#include <cmath>
+#include <cstring>
+#include <vector>
+
 #include "engine.hpp"
 
 namespace mlkv_cuda_model_test {
@@ -24,9 +28,7 @@ class gpu_engine final : public engine {
  public:
   gpu_engine(const mlkv::model::gpt_neox_weights<W>& w, const engine_options& o)
       : stream_(holder_.s), dc_(o.pages, stream_),
-        model_(w, mlkv::cuda::cuda_model_options{.max_batch = o.max_batch, .max_rows = o.max_rows,
-                                                  .max_context = o.max_context, .logits_chunk = o.logits_chunk},
-               stream_) {
+        model_(w, options(o), stream_) {
     mlkv::cuda::model_detail::branch_priority.store(o.branch_priority);  // read when a graph is made
     mlkv::cuda::detail::decode_force_splits.store(o.decode_splits);     // read when a decode is launched
   }
@@ -76,6 +78,13 @@ class gpu_engine final : public engine {
     return out;
   }
 
+  static mlkv::cuda::cuda_model_options options(const engine_options& o) {
+    mlkv::cuda::cuda_model_options m{.max_batch = o.max_batch, .max_rows = o.max_rows, .max_context = o.max_context,
+                                     .logits_chunk = o.logits_chunk};
+    if (o.gemv_rows >= 0) m.gemv_rows = o.gemv_rows;
+    return m;
+  }
+
   stream_holder holder_;
   cudaStream_t stream_;
   mlkv::cuda::device_paged_cache<cache_t> dc_;
@@ -83,7 +92,61 @@ class gpu_engine final : public engine {
   std::vector<mlkv::seq_id> ids_;
 };
 
+template <class W>
+double gemv_error(int rows, int in, int out, std::uint64_t seed, int max_blocks) {
+  MLKV_CHECK(mlkv::cuda::model_detail::gemv_fits<W>(nullptr, rows, in, nullptr, out), "gemv test shape ", rows, "x", in,
+             "x", out, " does not fit the kernel");
+  // Uniform values in [-1, 1), rounded to W; the reference multiplies the rounded values.
+  std::uint64_t st = seed | 1;
+  auto next = [&] {
+    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+    return static_cast<float>(static_cast<double>(st >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  };
+  auto make = [&](std::size_t n) {
+    std::vector<W> v(n);
+    for (auto& e : v) e = mlkv::from_float<W>(next());
+    return v;
+  };
+  auto as_double = [](const W& e) { return static_cast<double>(mlkv::to_float(e)); };
+  const std::size_t nx = static_cast<std::size_t>(rows) * in, nw = static_cast<std::size_t>(out) * in;
+  const std::size_t ny = static_cast<std::size_t>(rows) * out, guard = static_cast<std::size_t>(out);
+  const auto x = make(nx), w = make(nw);
+  mlkv::cuda::device_memory dx(nx * sizeof(W)), dw(nw * sizeof(W)), dy((ny + guard) * sizeof(float));
+  stream_holder sh;
+  MLKV_CUDA_CHECK(cudaMemcpyAsync(dx.get(), x.data(), nx * sizeof(W), cudaMemcpyHostToDevice, sh.s));
+  MLKV_CUDA_CHECK(cudaMemcpyAsync(dw.get(), w.data(), nw * sizeof(W), cudaMemcpyHostToDevice, sh.s));
+  MLKV_CUDA_CHECK(cudaMemsetAsync(dy.get(), 0xff, (ny + guard) * sizeof(float), sh.s));  // NaN
+  mlkv::cuda::model_detail::gemv(dx.as<W>(), rows, in, dw.as<W>(), out, dy.as<float>(), sh.s, max_blocks);
+  MLKV_CUDA_CHECK(cudaGetLastError());
+  std::vector<float> y(ny + guard);
+  MLKV_CUDA_CHECK(cudaMemcpyAsync(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost, sh.s));
+  MLKV_CUDA_CHECK(cudaStreamSynchronize(sh.s));
+  for (std::size_t i = ny; i < ny + guard; ++i) {
+    std::uint32_t b;
+    std::memcpy(&b, &y[i], sizeof b);
+    if (b != 0xffffffffu) return INFINITY;  // a guard row written
+  }
+  double worst = 0.0;
+  for (int r = 0; r < rows; ++r) {
+    for (int o = 0; o < out; ++o) {
+      double sum = 0.0, mag = 0.0;
+      for (int i = 0; i < in; ++i) {
+        const double p = as_double(x[static_cast<std::size_t>(r) * in + i]) * as_double(w[static_cast<std::size_t>(o) * in + i]);
+        sum += p, mag += std::fabs(p);
+      }
+      const float g = y[static_cast<std::size_t>(r) * out + o];
+      if (!std::isfinite(g)) return INFINITY;
+      worst = std::max(worst, std::fabs(static_cast<double>(g) - sum) / std::max(mag, 1e-30));
+    }
+  }
+  return worst;
+}
+
 }  // namespace
+
+double gemv_relative_error(bool bf16, int rows, int in, int out, std::uint64_t seed, int max_blocks) {
+  return bf16 ? gemv_error<mlkv::bf16>(rows, in, out, seed, max_blocks) : gemv_error<float>(rows, in, out, seed, max_blocks);
+}
 
 std::unique_ptr<engine> make_engine(const std::string& dir, const engine_options& opt) {
   const auto cfg = mlkv::io::read_gpt_neox_config(std::filesystem::path(dir) / "config.json");

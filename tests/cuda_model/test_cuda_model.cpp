@@ -105,11 +105,11 @@ std::vector<float> slice(const std::vector<float>& v, int row, int V) {
 /// forward (a prompt and two single tokens), decode again with the sequences in another order
 /// (the same graph replayed over other sequences), batch sizes 1 and 2, logits in chunks.
 template <mlkv::model_shape S>
-void run_scenario(bool bf16, bool parallel, int logits_chunk, int branch_priority = -1) {
+void run_scenario(bool bf16, bool parallel, int logits_chunk, int branch_priority = -1, int gemv_rows = -1) {
   const std::uint64_t seed = mlkv_test::fresh_seed();
   INFO("geometry L=" << S.layers << " Hq=" << S.q_heads << " Hkv=" << S.kv_heads << " Lkv=" << S.kv_layers
                      << (bf16 ? " bf16" : " f32/f16") << (parallel ? " parallel" : " sequential")
-                     << " logits_chunk=" << logits_chunk << " seed=" << seed);
+                     << " logits_chunk=" << logits_chunk << " gemv_rows=" << gemv_rows << " seed=" << seed);
   mlkv_test::temp_dir dir;
   write_model(S, dir.path.string(), seed, parallel);
   cpu_side<S> cpu(dir.path.string());
@@ -117,6 +117,7 @@ void run_scenario(bool bf16, bool parallel, int logits_chunk, int branch_priorit
   eo.bf16 = bf16;
   eo.logits_chunk = logits_chunk;
   eo.branch_priority = branch_priority;
+  eo.gemv_rows = gemv_rows;
   auto gpu = make_engine(dir.path.string(), eo);
   const int V = gpu->vocab();
   const double bound = bf16 ? bf16_bound : f32_bound;
@@ -240,6 +241,43 @@ TEST_CASE("CUDA model matches the CPU model: decode graphs with branch prioritie
   // high-priority stream: force it, on a parallel-residual model (the MLP branch beside it).
   run_scenario<geometry<1>>(true, true, 2, 1);
   run_scenario<geometry<2>>(false, true, 256, 1);
+}
+
+TEST_CASE("CUDA model matches the CPU model: decode GEMMs on cuBLASLt at small batches (gemv off)") {
+  // The tests' batches (1-3) take the matrix-vector kernel by default; the cuBLASLt plans that
+  // larger batches use run here at these batches.
+  run_scenario<geometry<1>>(true, true, 2, -1, 0);
+  run_scenario<geometry<2>>(false, false, 256, -1, 0);
+}
+
+TEST_CASE("The decode steps' matrix-vector kernel against a double-precision product") {
+  // Every row count it takes (1-8: four compiled widths, the unused rows masked), row lengths of
+  // one 16-byte step, a few (not a multiple of the 32 lanes) and the model's, output counts below,
+  // at and past the 16 of a block. The sums are f32 over in products: any order's error is below
+  // in * 2^-24 of sum |x w| (plus a product's rounding); a lost or doubled step is of order 1.
+  const std::uint64_t seed = mlkv_test::fresh_seed();
+  INFO("seed=" << seed);
+  int n = 0;
+  for (const bool bf16 : {true, false}) {
+    const int step = bf16 ? 8 : 4;  // values per 16 bytes
+    for (int rows = 1; rows <= 8; ++rows) {
+      for (const int in : {step, 3 * step, 37 * step, 768}) {
+        for (const int out : {1, 15, 16, 17, 99}) {
+          const double e = gemv_relative_error(bf16, rows, in, out, seed + static_cast<std::uint64_t>(n++));
+          const double bound = (in + 2) * std::ldexp(1.0, -24);
+          INFO((bf16 ? "bf16" : "f32") << " rows " << rows << " in " << in << " out " << out << " error " << e);
+          CHECK(e <= bound);
+        }
+      }
+    }
+  }
+  CHECK(gemv_relative_error(true, 1, 3072, 896, seed) <= 3074 * std::ldexp(1.0, -24));  // the model's largest row
+  // A grid capped below the output blocks (the MLP branch's form): each block makes several.
+  for (const int cap : {1, 2, 3}) {
+    INFO("max blocks " << cap);
+    CHECK(gemv_relative_error(true, 5, 768, 99, seed + 1, cap) <= 770 * std::ldexp(1.0, -24));
+    CHECK(gemv_relative_error(false, 8, 20, 16, seed + 2, cap) <= 22 * std::ldexp(1.0, -24));
+  }
 }
 
 /// Long contexts (several decode tiles per CTA, K/V streamed evict-first, NOTES.md v7), with the

@@ -670,9 +670,12 @@ struct decode_plan {
 };
 
 /// Chooses the split: about two CTAs per SM in all (floor(2 x SMs / work items)), at most 64 splits
-/// and at least two tiles per split; no split in two, though (work items between 2/3 and all of the
-/// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
-/// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
+/// and two tiles per split at least (but for the last one of an odd count while the grid stays
+/// within one CTA per SM: 17 tiles, a context of 2049-2176 tokens, make 9 splits, not 6 of three
+/// tiles, for the CUDA model's batches 1 and 4, bench/cuda_model/NOTES.md v10); no split in two,
+/// though (work items between 2/3 and all of the SMs): the unsplit grid already gives nearly every
+/// SM a CTA, and the second kernel and the partials' round trip cost more than the second CTA per
+/// SM brings (NOTES.md v6: batch 128 x 1 KV
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
 /// The plan is made for max_context; each sequence then cuts its own context over the planned
 /// splits (decode_seq_chunk), so a loose max_context costs idle CTAs, not the split's parallelism.
@@ -705,7 +708,10 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
     s = 4;
     pl.split_from_tiles = long_tiles;
   }
-  s = std::min(s, std::max(1, tiles / 2));
+  // Two tiles per split; an odd count's last split has one while the grid stays one wave.
+  const int half = (tiles + 1) / 2;
+  const bool round_up = pl.items * static_cast<std::size_t>(half) <= static_cast<std::size_t>(occ.sms);
+  s = std::min(s, std::max(1, round_up ? half : tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) {
     s = std::min(forced, std::min(tiles, decode_max_splits));

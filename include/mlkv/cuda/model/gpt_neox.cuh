@@ -174,6 +174,13 @@ struct cuda_model_options {
   /// second stream): the SMs the MLP's GEMMs are planned for (cuBLASLt's SM count target), so
   /// that the decode kernel beside them keeps the others; -1: half of the device's, 0: all.
   int branch_sms = -1;
+  /// Linear layers of decode steps of at most this many rows (sequences; 0 to
+  /// model_detail::gemv_max_rows): mlkv's matrix-vector kernel (model_detail::gemv_kernel) instead
+  /// of cuBLASLt. Its weights' DRAM reads start before the previous kernel of the step ends
+  /// (programmatic dependent launch with an L2 prefetch), where a cuBLASLt GEMM starts after it;
+  /// 0: cuBLASLt at every batch. Default 4: 9-16% faster steps at batch 1-4 on an H100, level or
+  /// slower at 8 (bench/cuda_model/NOTES.md v10).
+  int gemv_rows = 4;
 };
 
 /// The CUDA model over weights of type W (float or mlkv::bf16, converted from the host model's
@@ -200,6 +207,8 @@ class cuda_model {
     MLKV_CHECK(opt.max_rows >= 1 && opt.max_rows <= (1 << 24), "max rows (", opt.max_rows, ") must be in [1, ",
                1 << 24, "]");
     MLKV_CHECK(opt.max_context >= 1, "max context (", opt.max_context, ") must be at least 1");
+    MLKV_CHECK(opt.gemv_rows >= 0 && opt.gemv_rows <= model_detail::gemv_max_rows, "gemv rows (", opt.gemv_rows,
+               ") must be in [0, ", model_detail::gemv_max_rows, "]");
     MLKV_CHECK(opt.logits_chunk >= 1 && opt.logits_chunk <= 65535, "logits chunk (", opt.logits_chunk,
                ") must be in [1, 65535]");
     MLKV_CHECK(opt.gemm_algos >= 0 && opt.gemm_algos <= max_gemm_algos, "gemm algos (", opt.gemm_algos,
@@ -752,10 +761,15 @@ class cuda_model {
 
   // ---- launches ---------------------------------------------------------------------------------
   /// y[rows, out] (f32) = x[rows, in] (A) . W[out, in]^T  (column-major: y^T = W^T' x^T).
-  /// `tuned` (decode steps): through the shape's cuBLASLt plan (gemm_plan_for), unless gemm_algos
+  /// `tuned` (decode steps): mlkv's matrix-vector kernel for at most gemv_rows rows (when the
+  /// operands fit it), else through the shape's cuBLASLt plan (gemm_plan_for), unless gemm_algos
   /// is 0; otherwise cublasGemmEx. `side`: on the side stream (the MLP branch of a decode step),
   /// with the second half of the cuBLAS workspace (tuned only).
   void gemm(const A* x, int rows, int in, const W* w, int out, float* y, bool tuned, bool side = false) {
+    if (gemv_applies(x, rows, in, w, out, tuned)) {
+      model_detail::gemv(x, rows, in, w, out, y, side ? side_ : stream_, side ? branch_blocks() : 0);
+      return;
+    }
     const float one = 1.f, zero = 0.f;
     if (tuned && opt_.gemm_algos > 0) {
       const gemm_plan& p = gemm_plan_for(x, rows, in, w, out, y, side);
@@ -767,6 +781,24 @@ class cuda_model {
     constexpr cudaDataType_t t = std::is_same_v<W, float> ? CUDA_R_32F : CUDA_R_16BF;
     MLKV_CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, t, in, x, t, in, &zero, y,
                                    CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  /// True when a linear layer takes the matrix-vector kernel (decode steps of at most gemv_rows
+  /// rows whose operands fit it).
+  bool gemv_applies(const A* x, int rows, int in, const W* w, int out, bool tuned) const {
+    return tuned && rows <= opt_.gemv_rows && model_detail::gemv_fits(x, rows, in, w, out);
+  }
+
+  /// SMs the MLP branch of a decode step may fill (branch_sms; 0: no limit), as blocks of the
+  /// matrix-vector kernel there.
+  int branch_blocks() {
+    if (opt_.branch_sms == 0) return 0;
+    if (branch_blocks_ < 0) {
+      int sms = 0, cc = 0;
+      detail::device_info(sms, cc);
+      branch_blocks_ = opt_.branch_sms > 0 ? std::min(opt_.branch_sms, sms) : std::max(1, sms / 2);
+    }
+    return branch_blocks_;
   }
 
   /// The cuBLASLt plan of one GEMM shape: descriptors and the algorithm chosen for it.
@@ -1155,6 +1187,7 @@ class cuda_model {
   model_detail::rope_table rt_{};
   int H_ = 0, V_ = 0, I_ = 0, qd_ = 0, kvd_ = 0, rows_cap_ = 0;
   int page_tokens_ = 0, maxb_ = 0;
+  int branch_blocks_ = -1;  // branch_blocks(), once known
   std::size_t weight_bytes_ = 0;
   device_memory weights_, scratch_, blas_ws_, meta_, dec_ws_, next_buf_;
   scratch_layout sl_{};

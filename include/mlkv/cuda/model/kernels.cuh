@@ -273,6 +273,122 @@ __global__ void __launch_bounds__(256) bias_act4_kernel(const float* __restrict_
   }
 }
 
+/// The linear layers of decode steps of a few rows (gemv_kernel): outputs per warp, warps per
+/// block, and the most rows one launch takes.
+inline constexpr int gemv_outputs = 4;
+inline constexpr int gemv_warps = 4;
+inline constexpr int gemv_max_rows = 8;
+
+/// The dot product of 16 bytes of x with 16 bytes of w (8 bf16 or 4 f32 each), added to acc.
+template <class W>
+__device__ __forceinline__ float dot16(const uint4& a, const uint4& b, float acc) {
+  const std::uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (std::is_same_v<W, float>) {
+      acc = fmaf(__uint_as_float(av[k]), __uint_as_float(bv[k]), acc);
+    } else {  // bf16 pairs: the low half is the first value
+      acc = fmaf(__uint_as_float(av[k] << 16), __uint_as_float(bv[k] << 16), acc);
+      acc = fmaf(__uint_as_float(av[k] & 0xffff0000u), __uint_as_float(bv[k] & 0xffff0000u), acc);
+    }
+  }
+  return acc;
+}
+
+/// y[r, o] = sum_i x[r, i] w[o, i] (f32 sums) for the first `rows` (<= R) rows: the linear layers
+/// of decode steps of a few sequences, where a GEMM is a matrix-vector product bound by the
+/// weights' bytes. Each warp makes gemv_outputs outputs from 16-byte loads of their weight rows,
+/// every lane a strided part of the row, and sums across lanes at the end; the x values of a
+/// 16-byte step serve every output of the warp. The block's weight rows (consecutive in memory)
+/// are prefetched into the L2 before pdl_wait(): weights are never written by a step, so under
+/// programmatic dependent launch their DRAM reads overlap the previous kernel's tail.
+/// Needs in * sizeof(W) a multiple of 16 and 16-byte aligned x, w (gemv_fits).
+/// x: [rows, in] (W), w: [out, in], y: [rows, out]
+template <class W, int R>
+__global__ void __launch_bounds__(gemv_warps * 32) gemv_kernel(const W* __restrict__ x, int rows, int in,
+                                                              const W* __restrict__ w, int out, float* __restrict__ y) {
+  constexpr int NO = gemv_outputs, V = 16 / static_cast<int>(sizeof(W)), BO = gemv_warps * NO;
+  const int blocks = (out + BO - 1) / BO;  // of BO outputs; a grid smaller than that strides over them
+  if (threadIdx.x == 0) {
+    for (int b = blockIdx.x; b < blocks; b += gridDim.x) {
+      const int n = min(BO, out - b * BO);
+      mlkv::cuda::detail::prefetch_l2_bulk(w + static_cast<std::size_t>(b) * BO * in,
+                                           static_cast<unsigned>(static_cast<std::size_t>(n) * in * sizeof(W)));
+    }
+  }
+  mlkv::cuda::detail::pdl_wait();
+  mlkv::cuda::detail::pdl_launch_dependents();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint4* xr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const uint4*>(x + static_cast<std::size_t>(min(r, rows - 1)) * in);
+  const int steps = in / V;
+  for (int b = blockIdx.x; b < blocks; b += gridDim.x) {
+    const int o0 = b * BO + warp * NO;
+    if (o0 >= out) continue;
+    // Rows past `out` and past `rows` read the last valid one (every load unconditional) and are
+    // not stored.
+    const uint4* wr[NO];
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      wr[j] = reinterpret_cast<const uint4*>(w + static_cast<std::size_t>(min(o0 + j, out - 1)) * in);
+    }
+    float acc[NO][R];
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[j][r] = 0.f;
+    }
+#pragma unroll 2
+    for (int c = lane; c < steps; c += 32) {
+      uint4 wv[NO], xv[R];
+#pragma unroll
+      for (int j = 0; j < NO; ++j) wv[j] = __ldg(wr[j] + c);
+#pragma unroll
+      for (int r = 0; r < R; ++r) xv[r] = xr[r][c];
+#pragma unroll
+      for (int j = 0; j < NO; ++j) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[j][r] = dot16<W>(xv[r], wv[j], acc[j][r]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float v = acc[j][r];
+#pragma unroll
+        for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+        if (lane == (j * R + r) % 32 && o0 + j < out && r < rows) y[static_cast<std::size_t>(r) * out + o0 + j] = v;
+      }
+    }
+  }
+}
+
+/// True when gemv() can take y[rows, out] = x[rows, in] w[out, in]^T: at most gemv_max_rows rows,
+/// whole 16-byte steps along a row and 16-byte aligned operands.
+template <class W>
+bool gemv_fits(const W* x, int rows, int in, const W* w, int out) {
+  const auto a16 = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  return rows >= 1 && rows <= gemv_max_rows && in >= 1 && out >= 1 && (static_cast<std::size_t>(in) * sizeof(W)) % 16 == 0 &&
+         a16(x) && a16(w);
+}
+
+/// Launches gemv_kernel (programmatic dependent launch) for the smallest compiled R >= rows, on
+/// at most max_blocks blocks when that is positive (each then makes several blocks' outputs: a
+/// kernel beside another one leaves it the other SMs).
+template <class W>
+void gemv(const W* x, int rows, int in, const W* w, int out, float* y, cudaStream_t stream, int max_blocks = 0) {
+  const int blocks = (out + gemv_warps * gemv_outputs - 1) / (gemv_warps * gemv_outputs);
+  const dim3 grid(static_cast<unsigned>(max_blocks > 0 && max_blocks < blocks ? max_blocks : blocks));
+  const dim3 block(gemv_warps * 32);
+  auto go = [&](auto kernel) { mlkv::cuda::detail::launch_pdl(kernel, grid, block, 0, stream, true, x, rows, in, w, out, y); };
+  if (rows <= 1) go(gemv_kernel<W, 1>);
+  else if (rows <= 2) go(gemv_kernel<W, 2>);
+  else if (rows <= 4) go(gemv_kernel<W, 4>);
+  else go(gemv_kernel<W, gemv_max_rows>);
+}
+
 /// out[i] = in[i] converted from the cache type T to the activation type A.
 template <class T, class A>
 __global__ void convert_kernel(const T* __restrict__ in, std::size_t total, A* __restrict__ out) {
