@@ -69,6 +69,11 @@ class engine {
 /// guard row after y is changed. max_blocks: gemv's cap on the grid (0: none).
 double gemv_relative_error(bool bf16, int rows, int in, int out, std::uint64_t seed, int max_blocks = 0);
 
+/// True when mlkv::cuda::model_detail::gemv refuses (throws, launches nothing) operands it does
+/// not fit: `rows` rows of `in` values (bf16 or f32) whose x starts x_offset bytes into an aligned
+/// buffer. The model then takes cuBLAS for them (gemv_fits).
+bool gemv_refuses(bool bf16, int rows, int in, int x_offset);
+
 /// Loads dir (config.json + model.safetensors) through mlkv::model::load_checkpoint.
 std::unique_ptr<engine> make_engine(const std::string& dir, const engine_options& opt);
 

@@ -148,6 +148,24 @@ double gemv_relative_error(bool bf16, int rows, int in, int out, std::uint64_t s
   return bf16 ? gemv_error<mlkv::bf16>(rows, in, out, seed, max_blocks) : gemv_error<float>(rows, in, out, seed, max_blocks);
 }
 
+bool gemv_refuses(bool bf16, int rows, int in, int x_offset) {
+  auto go = [&](auto tag) {
+    using W = decltype(tag);
+    const std::size_t bytes = static_cast<std::size_t>(std::max(rows, 1)) * std::max(in, 1) * sizeof(W) + 64;
+    mlkv::cuda::device_memory dx(bytes), dw(bytes), dy(4096);
+    stream_holder sh;
+    try {
+      mlkv::cuda::model_detail::gemv(dx.as<W>(static_cast<std::size_t>(x_offset)), rows, in, dw.as<W>(), 1,
+                                     dy.as<float>(), sh.s);
+    } catch (const mlkv::error&) {
+      return true;
+    }
+    MLKV_CUDA_CHECK(cudaStreamSynchronize(sh.s));
+    return false;
+  };
+  return bf16 ? go(mlkv::bf16{}) : go(float{});
+}
+
 std::unique_ptr<engine> make_engine(const std::string& dir, const engine_options& opt) {
   const auto cfg = mlkv::io::read_gpt_neox_config(std::filesystem::path(dir) / "config.json");
   return mlkv::dispatch_in<gpu_geometries>(cfg.shape(), [&](auto g) -> std::unique_ptr<engine> {

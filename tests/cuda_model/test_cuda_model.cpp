@@ -254,7 +254,8 @@ TEST_CASE("The decode steps' matrix-vector kernel against a double-precision pro
   // Every row count it takes (1-8: four compiled widths, the unused rows masked), row lengths of
   // one 16-byte step, a few (not a multiple of the 32 lanes) and the model's, output counts below,
   // at and past the 16 of a block. The sums are f32 over in products: any order's error is below
-  // in * 2^-24 of sum |x w| (plus a product's rounding); a lost or doubled step is of order 1.
+  // in * 2^-24 of sum |x w| (plus a product's rounding); a lost or doubled 16-byte step is far
+  // above that (about 5e-3 of it at in = 768, 100 times the bound), a wrong row of order 1.
   const std::uint64_t seed = mlkv_test::fresh_seed();
   INFO("seed=" << seed);
   int n = 0;
@@ -272,11 +273,24 @@ TEST_CASE("The decode steps' matrix-vector kernel against a double-precision pro
     }
   }
   CHECK(gemv_relative_error(true, 1, 3072, 896, seed) <= 3074 * std::ldexp(1.0, -24));  // the model's largest row
-  // A grid capped below the output blocks (the MLP branch's form): each block makes several.
+  // Operands it does not fit are refused (the model takes cuBLAS for them), nothing launched.
+  CHECK(gemv_refuses(true, 9, 768, 0));   // more rows than its widest form
+  CHECK(gemv_refuses(true, 1, 12, 0));    // a row of 24 bytes: not whole 16-byte steps
+  CHECK(gemv_refuses(false, 1, 6, 0));
+  CHECK(gemv_refuses(true, 2, 768, 8));   // x not 16-byte aligned (a logits chunk mid-buffer)
+  CHECK(gemv_refuses(true, 0, 768, 0));
+  CHECK_FALSE(gemv_refuses(true, 8, 768, 16));
+  CHECK_FALSE(gemv_refuses(false, 3, 4, 0));
+  // A grid capped below the output blocks (the MLP branch's form, 7 blocks of 16 outputs for
+  // 99): each block makes several, at every compiled width.
   for (const int cap : {1, 2, 3}) {
-    INFO("max blocks " << cap);
-    CHECK(gemv_relative_error(true, 5, 768, 99, seed + 1, cap) <= 770 * std::ldexp(1.0, -24));
-    CHECK(gemv_relative_error(false, 8, 20, 16, seed + 2, cap) <= 22 * std::ldexp(1.0, -24));
+    for (const int rows : {1, 2, 4, 5}) {
+      INFO("max blocks " << cap << " rows " << rows);
+      CHECK(gemv_relative_error(true, rows, 768, 99, seed + static_cast<std::uint64_t>(n++), cap) <=
+            770 * std::ldexp(1.0, -24));
+      CHECK(gemv_relative_error(false, rows, 20, 99, seed + static_cast<std::uint64_t>(n++), cap) <=
+            22 * std::ldexp(1.0, -24));
+    }
   }
 }
 

@@ -670,9 +670,10 @@ struct decode_plan {
 };
 
 /// Chooses the split: about two CTAs per SM in all (floor(2 x SMs / work items)), at most 64 splits
-/// and two tiles per split at least (but for the last one of an odd count while the grid stays
-/// within one CTA per SM: 17 tiles, a context of 2049-2176 tokens, make 9 splits, not 6 of three
-/// tiles, for the CUDA model's batches 1 and 4, bench/cuda_model/NOTES.md v10); no split in two,
+/// and two tiles per split at least (but for the last one of an odd count of 5 or more while the
+/// grid stays within one CTA per SM: 17 tiles, a context of 2049-2176 tokens, make 9 splits, not
+/// 6 of three tiles, for the CUDA model at batch 1, and at batch 4 with one KV head,
+/// bench/cuda_model/NOTES.md v10); no split in two,
 /// though (work items between 2/3 and all of the SMs): the unsplit grid already gives nearly every
 /// SM a CTA, and the second kernel and the partials' round trip cost more than the second CTA per
 /// SM brings (NOTES.md v6: batch 128 x 1 KV
@@ -708,9 +709,10 @@ decode_plan make_decode_plan(const View& kv, int q_heads, const attention_batch&
     s = 4;
     pl.split_from_tiles = long_tiles;
   }
-  // Two tiles per split; an odd count's last split has one while the grid stays one wave.
+  // Two tiles per split; an odd count's last split has one while the grid stays one wave and the
+  // plan splits anyway (from 5 tiles: 3 tiles stay one split, no combine kernel added).
   const int half = (tiles + 1) / 2;
-  const bool round_up = pl.items * static_cast<std::size_t>(half) <= static_cast<std::size_t>(occ.sms);
+  const bool round_up = tiles >= 5 && pl.items * static_cast<std::size_t>(half) <= static_cast<std::size_t>(occ.sms);
   s = std::min(s, std::max(1, round_up ? half : tiles / 2));
   const int forced = decode_force_splits.load(std::memory_order_relaxed);
   if (forced > 0) {

@@ -6,7 +6,9 @@
 ///   - linear layers on cuBLAS (bf16 or f32 weights and inputs, f32 outputs and accumulation;
 ///     f32 runs plain f32 arithmetic, no TF32), the residual stream in f32: decode steps through
 ///     cuBLASLt with an algorithm timed per GEMM shape when the step's graph is made
-///     (cuda_model_options::gemm_algos), forward() through cublasGemmEx;
+///     (cuda_model_options::gemm_algos), forward() through cublasGemmEx; decode steps of at most
+///     cuda_model_options::gemv_rows sequences (4) through mlkv's matrix-vector kernel instead
+///     (model_detail::gemv_kernel: its weight reads start under the previous kernel);
 ///   - small fused kernels (cuda/model/kernels.cuh): residual add + one or both LayerNorms of a
 ///     row, Q/K/V split with bias and the queries' rotary (forward()), bias + activation, argmax;
 ///   - the library's CUDA kernels: append_kv (owner layers of forward(), keys rotated on the way
@@ -166,9 +168,10 @@ struct cuda_model_options {
   int logits_chunk = 256;     ///< rows of logits computed at once
   model::key_rope keys = model::key_rope::cached_rotated;
   std::size_t cublas_workspace = 32u << 20;  ///< bytes given to cuBLAS (graph capture needs its own)
-  /// Linear layers of decode steps: cuBLASLt algorithms timed per GEMM shape when the step's graph
-  /// is made (the heuristic's first `gemm_algos`, each on a cold L2, the fastest kept); 1: the
-  /// heuristic's first, untimed; 0: cublasGemmEx (cuBLAS's own choice, as forward() always uses).
+  /// Linear layers of decode steps (those gemv_rows does not take): cuBLASLt algorithms timed per
+  /// GEMM shape when the step's graph is made (the heuristic's first `gemm_algos`, each on a cold
+  /// L2, the fastest kept); 1: the heuristic's first, untimed; 0: cublasGemmEx (cuBLAS's own
+  /// choice, as forward() always uses).
   int gemm_algos = 8;
   /// Decode steps with the parallel residual (their MLP branch beside the attention branch, on a
   /// second stream): the SMs the MLP's GEMMs are planned for (cuBLASLt's SM count target), so
@@ -177,9 +180,9 @@ struct cuda_model_options {
   /// Linear layers of decode steps of at most this many rows (sequences; 0 to
   /// model_detail::gemv_max_rows): mlkv's matrix-vector kernel (model_detail::gemv_kernel) instead
   /// of cuBLASLt. Its weights' DRAM reads start before the previous kernel of the step ends
-  /// (programmatic dependent launch with an L2 prefetch), where a cuBLASLt GEMM starts after it;
-  /// 0: cuBLASLt at every batch. Default 4: 9-16% faster steps at batch 1-4 on an H100, level or
-  /// slower at 8 (bench/cuda_model/NOTES.md v10).
+  /// (programmatic dependent launch with an L2 prefetch), where a cuBLAS GEMM starts after it;
+  /// 0: cuBLAS (as gemm_algos says) at every batch. Default 4: 9-16% faster steps at batch 1-4 on
+  /// an H100, level or slower at 8 (bench/cuda_model/NOTES.md v10).
   int gemv_rows = 4;
 };
 
@@ -767,7 +770,7 @@ class cuda_model {
   /// with the second half of the cuBLAS workspace (tuned only).
   void gemm(const A* x, int rows, int in, const W* w, int out, float* y, bool tuned, bool side = false) {
     if (gemv_applies(x, rows, in, w, out, tuned)) {
-      model_detail::gemv(x, rows, in, w, out, y, side ? side_ : stream_, side ? branch_blocks() : 0);
+      model_detail::gemv(x, rows, in, w, out, y, side ? side_ : stream_, side ? branch_sm_target() : 0);
       return;
     }
     const float one = 1.f, zero = 0.f;
@@ -789,16 +792,13 @@ class cuda_model {
     return tuned && rows <= opt_.gemv_rows && model_detail::gemv_fits(x, rows, in, w, out);
   }
 
-  /// SMs the MLP branch of a decode step may fill (branch_sms; 0: no limit), as blocks of the
-  /// matrix-vector kernel there.
-  int branch_blocks() {
+  /// The SMs the MLP branch of a decode step is planned for (branch_sms; 0: all of them, no limit):
+  /// cuBLASLt's SM count target there, and the matrix-vector kernel's cap on its grid (in blocks,
+  /// several of which may share an SM).
+  int branch_sm_target() const {
     if (opt_.branch_sms == 0) return 0;
-    if (branch_blocks_ < 0) {
-      int sms = 0, cc = 0;
-      detail::device_info(sms, cc);
-      branch_blocks_ = opt_.branch_sms > 0 ? std::min(opt_.branch_sms, sms) : std::max(1, sms / 2);
-    }
-    return branch_blocks_;
+    const int sms = detail::device_sms();
+    return opt_.branch_sms > 0 ? std::min(opt_.branch_sms, sms) : std::max(1, sms / 2);
   }
 
   /// The cuBLASLt plan of one GEMM shape: descriptors and the algorithm chosen for it.
@@ -854,10 +854,7 @@ class cuda_model {
     if (side && opt_.branch_sms != 0) {
       // The MLP branch's GEMMs planned for fewer SMs than the device has, so that the attention
       // branch beside them (the decode kernel above all) keeps the rest (NOTES.md v5).
-      int dev = 0, sms = 0;
-      MLKV_CUDA_CHECK(cudaGetDevice(&dev));
-      MLKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-      const std::int32_t target = opt_.branch_sms > 0 ? std::min(opt_.branch_sms, sms) : std::max(1, sms / 2);
+      const std::int32_t target = branch_sm_target();
       MLKV_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target, sizeof target));
     }
@@ -1187,7 +1184,6 @@ class cuda_model {
   model_detail::rope_table rt_{};
   int H_ = 0, V_ = 0, I_ = 0, qd_ = 0, kvd_ = 0, rows_cap_ = 0;
   int page_tokens_ = 0, maxb_ = 0;
-  int branch_blocks_ = -1;  // branch_blocks(), once known
   std::size_t weight_bytes_ = 0;
   device_memory weights_, scratch_, blas_ws_, meta_, dec_ws_, next_buf_;
   scratch_layout sl_{};

@@ -370,8 +370,9 @@ __global__ void __launch_bounds__(gemv_warps * 32) gemv_kernel(const W* __restri
 template <class W>
 bool gemv_fits(const W* x, int rows, int in, const W* w, int out) {
   const auto a16 = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  return rows >= 1 && rows <= gemv_max_rows && in >= 1 && out >= 1 && (static_cast<std::size_t>(in) * sizeof(W)) % 16 == 0 &&
-         a16(x) && a16(w);
+  // in <= 2^26: a block's weight rows (16 of them) stay below 2^32 bytes, the bulk prefetch's size.
+  return rows >= 1 && rows <= gemv_max_rows && in >= 1 && in <= (1 << 26) && out >= 1 &&
+         (static_cast<std::size_t>(in) * sizeof(W)) % 16 == 0 && a16(x) && a16(w);
 }
 
 /// Launches gemv_kernel (programmatic dependent launch) for the smallest compiled R >= rows, on
@@ -379,6 +380,9 @@ bool gemv_fits(const W* x, int rows, int in, const W* w, int out) {
 /// kernel beside another one leaves it the other SMs).
 template <class W>
 void gemv(const W* x, int rows, int in, const W* w, int out, float* y, cudaStream_t stream, int max_blocks = 0) {
+  MLKV_CHECK(gemv_fits(x, rows, in, w, out) && y != nullptr, "gemv of ", rows, " rows (at most ", gemv_max_rows, ") x ",
+             in, " inputs (whole 16-byte steps) x ", out,
+             " outputs needs 16-byte aligned x and w and an output: use a GEMM for these operands");
   const int blocks = (out + gemv_warps * gemv_outputs - 1) / (gemv_warps * gemv_outputs);
   const dim3 grid(static_cast<unsigned>(max_blocks > 0 && max_blocks < blocks ? max_blocks : blocks));
   const dim3 block(gemv_warps * 32);
