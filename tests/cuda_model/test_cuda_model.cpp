@@ -253,7 +253,7 @@ TEST_CASE("CUDA model matches the CPU model: decode GEMMs on cuBLASLt at small b
 TEST_CASE("The decode steps' matrix-vector kernel against a double-precision product") {
   // Every row count it takes (1-8: four compiled widths, the unused rows masked), row lengths of
   // one 16-byte step, a few (not a multiple of the 32 lanes) and the model's, output counts below,
-  // at and past a block's 16 (8 at 8 rows). The sums are f32 over in products: any order's error
+  // at and past a block's 16. The sums are f32 over in products: any order's error
   // is below in * 2^-24 of sum |x w| (plus a product's rounding); a lost or doubled 16-byte step
   // is far above that (about 5e-3 of sum |x w| at in = 768, 100 times the bound), a wrong row of
   // order 1.
@@ -282,8 +282,8 @@ TEST_CASE("The decode steps' matrix-vector kernel against a double-precision pro
   CHECK(gemv_refuses(true, 0, 768, 0));
   CHECK_FALSE(gemv_refuses(true, 8, 768, 16));
   CHECK_FALSE(gemv_refuses(false, 3, 4, 0));
-  // A grid capped below the output blocks (the MLP branch's form; 99 outputs are 7 blocks, 13 at
-  // 8 rows): each block makes several, at every compiled width.
+  // A grid capped below the output blocks (the MLP branch's form; 99 outputs are 7 blocks of 16):
+  // each block makes several, at every compiled width.
   for (const int cap : {1, 2, 3}) {
     for (const int rows : {1, 2, 4, 5}) {
       INFO("max blocks " << cap << " rows " << rows);
