@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "test_util.hpp"
 
 namespace mlkv_cuda_model_test {
 namespace {
@@ -97,14 +98,10 @@ double gemv_error(int rows, int in, int out, std::uint64_t seed, int max_blocks)
   MLKV_CHECK(mlkv::cuda::model_detail::gemv_fits<W>(nullptr, rows, in, nullptr, out), "gemv test shape ", rows, "x", in,
              "x", out, " does not fit the kernel");
   // Uniform values in [-1, 1), rounded to W; the reference multiplies the rounded values.
-  std::uint64_t st = seed | 1;
-  auto next = [&] {
-    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-    return static_cast<float>(static_cast<double>(st >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  };
+  mlkv_test::rng rg(seed);
   auto make = [&](std::size_t n) {
     std::vector<W> v(n);
-    for (auto& e : v) e = mlkv::from_float<W>(next());
+    for (auto& e : v) e = mlkv::from_float<W>(rg.uniform());
     return v;
   };
   auto as_double = [](const W& e) { return static_cast<double>(mlkv::to_float(e)); };

@@ -673,10 +673,9 @@ struct decode_plan {
 /// and two tiles per split at least (but for the last one of an odd count of 5 or more while the
 /// grid stays within one CTA per SM: 17 tiles, a context of 2049-2176 tokens, make 9 splits, not
 /// 6 of three tiles, for the CUDA model at batch 1, and at batch 4 with one KV head,
-/// bench/cuda_model/NOTES.md v10); no split in two,
-/// though (work items between 2/3 and all of the SMs): the unsplit grid already gives nearly every
-/// SM a CTA, and the second kernel and the partials' round trip cost more than the second CTA per
-/// SM brings (NOTES.md v6: batch 128 x 1 KV
+/// bench/cuda_model/NOTES.md v10); no split in two, though (work items between 2/3 and all of the
+/// SMs): the unsplit grid already gives nearly every SM a CTA, and the second kernel and the
+/// partials' round trip cost more than the second CTA per SM brings (NOTES.md v6: batch 128 x 1 KV
 /// head at 2048 tokens and 32:8 d128 batch 16 at 16384, 4.5-6% faster unsplit on an H100).
 /// The plan is made for max_context; each sequence then cuts its own context over the planned
 /// splits (decode_seq_chunk), so a loose max_context costs idle CTAs, not the split's parallelism.
