@@ -34,6 +34,10 @@ inline constexpr model_shape table5{.layers = 5, .q_heads = 6, .kv_heads = 3, .k
 inline constexpr model_shape group7_d96{.layers = 2, .q_heads = 7, .kv_heads = 1, .kv_layers = 2, .head_dim = 96};
 inline constexpr model_shape tiny{.layers = 1, .q_heads = 1, .kv_heads = 1, .kv_layers = 1, .head_dim = 8};
 inline constexpr model_shape llama_like{.layers = 4, .q_heads = 32, .kv_heads = 8, .kv_layers = 2, .head_dim = 128};
+/// 32 and 16 query heads per KV head: the AVX-512 kernels put the queries in the lanes for these
+/// groups (kt_heads_*; two vectors of queries per block, resp. one), whatever the storage type.
+inline constexpr model_shape heads32_d128{.layers = 3, .q_heads = 32, .kv_heads = 1, .kv_layers = 2, .head_dim = 128};
+inline constexpr model_shape heads16_d64{.layers = 2, .q_heads = 32, .kv_heads = 2, .kv_layers = 1, .head_dim = 64};
 
 template <std::size_t... I>
 auto paper_geometries(std::index_sequence<I...>) -> std::tuple<geometry<mlkv::paper_configs[I].shape>...>;

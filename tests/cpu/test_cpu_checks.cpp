@@ -134,6 +134,61 @@ TEST_CASE("the CPU paths raise no invalid-operation, divide-by-zero or overflow 
     no_fp_exceptions<12, 1, float>(i);
     no_fp_exceptions<4, 4, mlkv::bf16>(i);  // one query per K row (row dot products)
     no_fp_exceptions<4, 4, float>(i);
+    no_fp_exceptions<32, 1, mlkv::bf16>(i);  // queries in lanes (AVX-512): 32 and 16 per K row
+    no_fp_exceptions<32, 1, mlkv::f16>(i);
+    no_fp_exceptions<32, 2, float>(i);
+  }
+}
+
+namespace {
+/// Keys that grow along the context (token t's key times 1 + t / 4): the scores of later tiles
+/// pass the running max by more than its slack again and again, so the kernels move it in the
+/// middle of a context and rescale the outputs and sums they hold (random inputs of unit scale
+/// never do after the first tile). Causal prefill of N rows and a decode row, whole and in
+/// chunks, against the oracle.
+template <int Hq, int Hkv, class T>
+void growing_keys(isa i) {
+  constexpr mlkv::model_shape S{.layers = 1, .q_heads = Hq, .kv_heads = Hkv, .kv_layers = 1, .head_dim = 64};
+  constexpr int N = 150, D = 64;
+  INFO("path " << mlkv::cpu::name_of(i) << " Hq=" << Hq << " Hkv=" << Hkv << " dtype=" << mlkv::name_of(mlkv::dtype_of<T>));
+  mlkv_test::rng r(mlkv_test::fresh_seed());
+  mlkv::kv_cache<S, T> cache(1, N);
+  auto k = r.vec(std::size_t{N} * Hkv * D);
+  const auto v = r.vec(std::size_t{N} * Hkv * D);
+  for (int t = 0; t < N; ++t) {
+    for (int x = 0; x < Hkv * D; ++x) k[static_cast<std::size_t>(t) * Hkv * D + static_cast<std::size_t>(x)] *= 1.f + t / 4.f;
+  }
+  cache.append(0, 0, N, k.data(), v.data());
+  const auto q = r.vec(std::size_t{N} * Hq * D);
+  const float scale = mlkv::cpu::default_scale(D);
+  const std::vector<double> ks = stored<T>(k.data(), k.size()), vs = stored<T>(v.data(), v.size());
+  std::vector<double> want(q.size()), slack(q.size());
+  oracle_for<T>(i, std::vector<double>(q.begin(), q.end()), N, Hq, Hkv, D, ks.data(), vs.data(), N, scale, want.data(),
+                slack.data());
+  const auto last = static_cast<std::ptrdiff_t>(N - 1) * Hq * D;
+  for (int split : {0, 45}) {
+    INFO("split " << split);
+    std::vector<float> out(q.size());
+    const std::int32_t ctx = N, offs[2] = {0, N};
+    mlkv::cpu::attention(cache.slot_view(0), Hq, q.data(), out.data(), {1, &ctx, offs}, scale,
+                         {.isa = i, .split_tokens = split});
+    REQUIRE(mlkv_test::rel_err_slack(out, want, slack) <= mlkv_test::tight_bound);
+    std::vector<float> row(static_cast<std::size_t>(Hq) * D);
+    mlkv::cpu::decode(cache.slot_view(0), Hq, q.data() + last, row.data(), 1, &ctx, scale, {.isa = i, .split_tokens = split});
+    REQUIRE(mlkv_test::rel_err_slack(row, std::vector<double>(want.begin() + last, want.end()),
+                                     std::vector<double>(slack.begin() + last, slack.end())) <= mlkv_test::tight_bound);
+  }
+}
+}  // namespace
+
+TEST_CASE("the running max moves in the middle of a context: keys growing along it", "[cpu]") {
+  for (isa i : tested_isas()) {
+    growing_keys<12, 1, mlkv::bf16>(i);  // 12 queries per K row (K^T)
+    growing_keys<12, 1, mlkv::f16>(i);
+    growing_keys<32, 1, mlkv::bf16>(i);  // queries in lanes (AVX-512): 32 and 16 per K row
+    growing_keys<32, 1, mlkv::f16>(i);
+    growing_keys<32, 2, float>(i);
+    growing_keys<4, 4, mlkv::bf16>(i);  // one query per K row
   }
 }
 

@@ -119,4 +119,6 @@ TEST_CASE("every CPU path gives the same bits over pages as over a contiguous ca
   same_bits_as_contiguous<mlkv_test::group7_d96, mlkv::bf16, 5>(mlkv_test::fresh_seed());
   same_bits_as_contiguous<mlkv_test::uneven_mqa_d80, mlkv::f16, 1>(mlkv_test::fresh_seed());
   same_bits_as_contiguous<mlkv_test::llama_like, float, 33>(mlkv_test::fresh_seed());
+  same_bits_as_contiguous<mlkv_test::heads32_d128, mlkv::bf16, 16>(mlkv_test::fresh_seed());  // queries in lanes
+  same_bits_as_contiguous<mlkv_test::heads16_d64, mlkv::f16, 7>(mlkv_test::fresh_seed());
 }

@@ -61,6 +61,7 @@ TEST_CASE("results do not depend on the number of threads (1, 2, 7) beyond round
       one(mlkv_test::geometry<mlkv_test::yoco>{});
     } else {
       mlkv_test::for_each_geometry<reduced_list>(one);
+      one(mlkv_test::geometry<mlkv_test::heads32_d128>{});  // queries in lanes (AVX-512)
     }
   }
   if (std::getenv("MLKV_TEST_VERBOSE") != nullptr) std::printf("worst difference between thread counts: %.3g\n", worst);

@@ -55,6 +55,7 @@ struct ops {
   static constexpr bool f16_pairs = true;  // VPMOVDW + VCVTPH2PS split the transposed f16 pairs
   static constexpr bool f16_pair_scores = true;  // kt_f16_pairs: few queries per KV head
   static constexpr bool sum_lanes_fast = true;   // kt_rows_*: one query per KV head
+  static constexpr bool heads_lanes = true;      // kt_heads_*: 16 or 32 query heads per KV head
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
@@ -89,6 +90,14 @@ struct ops {
   }
   /// True when some lane of x is greater than y.
   static MLKV_SIMD_INLINE bool any_greater(vf x, float y) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(y), _CMP_GT_OQ) != 0; }
+  /// Lanes of x greater than y, as a mask.
+  static MLKV_SIMD_INLINE __mmask16 greater(vf x, vf y) { return _mm512_cmp_ps_mask(x, y, _CMP_GT_OQ); }
+  /// Lanes of x equal to y.
+  static MLKV_SIMD_INLINE __mmask16 equal(vf x, vf y) { return _mm512_cmp_ps_mask(x, y, _CMP_EQ_OQ); }
+  /// Lanes of mask k from b, the others from a.
+  static MLKV_SIMD_INLINE vf blend(__mmask16 k, vf a, vf b) { return _mm512_mask_mov_ps(a, k, b); }
+  /// The least whole numbers not below x.
+  static MLKV_SIMD_INLINE vf ceil(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
   /// Lanes 0..n-1 of x, the rest from fill.
   static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
 
@@ -260,6 +269,14 @@ struct ops : avx512::ops {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9311362505e-01f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
     return _mm512_scalef_ps(p, _mm512_sub_ps(n, m));
+  }
+  /// Lane i of lo and of hi as bf16 (round to nearest even), as the pair (lo[i], hi[i]) in
+  /// 32-bit unit i: the weights of one query at tokens t (lo) and t + 1 (hi), when the lanes are
+  /// queries (kt_heads_bf16).
+  static MLKV_SIMD_INLINE vi pack_bf16_lanes(vf lo, vf hi) {
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                         5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(zip, pack_bf16(lo, hi));
   }
   /// acc + both bf16 values of each 32-bit unit of x, in f32 (one VDPBF16PS against ones): the
   /// running sum of pack_bf16's rounded weights.

@@ -36,6 +36,7 @@ struct ops {
   static constexpr bool f16_pairs = true;
   static constexpr bool f16_pair_scores = false;
   static constexpr bool sum_lanes_fast = false;
+  static constexpr bool heads_lanes = false;
 
   /// Prefetches the line at p into L2 (an asm statement: GCC may delete a loop of nothing but
   /// __builtin_prefetch calls).

@@ -29,6 +29,7 @@ struct ops {
   static constexpr bool f16_pairs = false;
   static constexpr bool f16_pair_scores = false;
   static constexpr bool sum_lanes_fast = false;
+  static constexpr bool heads_lanes = false;
 
   /// A prefetch hint (the compiler may drop it: the portable path does not rely on it).
   static MLKV_SIMD_INLINE void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
