@@ -48,6 +48,7 @@ struct ops {
   static constexpr bool f16_pair_scores = false;
   static constexpr bool sum_lanes_fast = false;
   static constexpr bool heads_lanes = false;
+  static constexpr tile_use tiles = tile_use::every_task;
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).

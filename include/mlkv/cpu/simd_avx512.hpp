@@ -48,7 +48,7 @@ struct ops {
   using vf = __m512;
   using vi = __m512i;
   static constexpr int W = 16;   // lanes
-  static constexpr int TV = 2;   // 32-token tiles
+  static constexpr int TV = 2;   // 32-token tiles (64 in tiles64: see wide_tiles)
   static constexpr int QB = 12;  // 12 x 2 score accumulators + 2 K^T + 1 broadcast of 32 registers
   static constexpr int PB = 12;  // 12 x 2 output accumulators + 2 V + 1 broadcast
   static constexpr bool bf16_dot = false;
@@ -56,6 +56,7 @@ struct ops {
   static constexpr bool f16_pair_scores = true;  // kt_f16_pairs: few queries per KV head
   static constexpr bool sum_lanes_fast = true;   // kt_rows_*: one query per KV head
   static constexpr bool heads_lanes = true;      // kt_heads_*: 16 or 32 query heads per KV head
+  static constexpr tile_use tiles = tile_use::every_task;
 
   /// Prefetches the line at p into L2. An asm statement: GCC deletes a loop of nothing but
   /// __builtin_prefetch calls (it treats the loop as free of side effects).
@@ -228,7 +229,32 @@ struct ops {
   }
 };
 
+// The kernel body twice (see wide_tiles): 32-token tiles, and 64-token tiles with 6-query q.K^T
+// blocks (6 x 4 score accumulators + 4 K^T + 1 broadcast of 32 registers).
+namespace tiles32 {
+struct ops : avx512::ops {
+  static constexpr tile_use tiles = tile_use::narrow;
+};
 #include "detail/kernel_body.inc"
+}  // namespace tiles32
+namespace tiles64 {
+struct ops : avx512::ops {
+  static constexpr int TV = 4;
+  static constexpr int QB = 6;
+  static constexpr tile_use tiles = tile_use::wide;
+};
+#include "detail/kernel_body.inc"
+}  // namespace tiles64
+
+/// One task on this path (tile width by wide_tiles).
+template <class T, class View>
+void attend(const View& kv, const task_desc& tk, const call_desc& c) {
+  if (wide_tiles(tk)) {
+    tiles64::attend<T>(kv, tk, c);
+  } else {
+    tiles32::attend<T>(kv, tk, c);
+  }
+}
 
 }  // namespace mlkv::cpu::detail::avx512
 
@@ -326,7 +352,31 @@ struct ops : avx512::ops {
   }
 };
 
+// The kernel body twice, as on the avx512 path.
+namespace tiles32 {
+struct ops : avx512_bf16::ops {
+  static constexpr tile_use tiles = tile_use::narrow;
+};
 #include "detail/kernel_body.inc"
+}  // namespace tiles32
+namespace tiles64 {
+struct ops : avx512_bf16::ops {
+  static constexpr int TV = 4;
+  static constexpr int QB = 6;
+  static constexpr tile_use tiles = tile_use::wide;
+};
+#include "detail/kernel_body.inc"
+}  // namespace tiles64
+
+/// One task on this path (tile width by wide_tiles).
+template <class T, class View>
+void attend(const View& kv, const task_desc& tk, const call_desc& c) {
+  if (wide_tiles(tk)) {
+    tiles64::attend<T>(kv, tk, c);
+  } else {
+    tiles32::attend<T>(kv, tk, c);
+  }
+}
 
 }  // namespace mlkv::cpu::detail::avx512_bf16
 

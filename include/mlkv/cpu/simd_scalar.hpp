@@ -30,6 +30,7 @@ struct ops {
   static constexpr bool f16_pair_scores = false;
   static constexpr bool sum_lanes_fast = false;
   static constexpr bool heads_lanes = false;
+  static constexpr tile_use tiles = tile_use::every_task;
 
   /// A prefetch hint (the compiler may drop it: the portable path does not rely on it).
   static MLKV_SIMD_INLINE void prefetch(const char* p) { __builtin_prefetch(p, 0, 2); }
