@@ -9,6 +9,8 @@
 ///    Sapphire Rapids). q.K multiplies K as stored by the query rounded to bf16; P.V multiplies
 ///    V as stored by the softmax weights rounded to bf16 (each relative 2^-9, as on the GPU's
 ///    tensor cores), with f32 sums; the normaliser sums the rounded weights.
+/// Each path compiles the kernel body twice, for 32- and 64-token tiles (detail::wide_tiles picks
+/// per task), and puts the queries in the lanes for groups of 16 or 32 query heads (kt_heads_*).
 /// Without GCC/Clang on x86-64 this header declares nothing.
 
 #include "isa.hpp"
