@@ -183,12 +183,16 @@ void growing_keys(isa i) {
 
 TEST_CASE("the running max moves in the middle of a context: keys growing along it", "[cpu]") {
   for (isa i : tested_isas()) {
-    growing_keys<12, 1, mlkv::bf16>(i);  // 12 queries per K row (K^T)
+    growing_keys<12, 1, mlkv::bf16>(i);  // 12 queries per K row (K^T; 64-token tiles on AVX-512)
     growing_keys<12, 1, mlkv::f16>(i);
+    growing_keys<12, 1, float>(i);
     growing_keys<32, 1, mlkv::bf16>(i);  // queries in lanes (AVX-512): 32 and 16 per K row
     growing_keys<32, 1, mlkv::f16>(i);
     growing_keys<32, 2, float>(i);
-    growing_keys<4, 4, mlkv::bf16>(i);  // one query per K row
+    growing_keys<32, 2, mlkv::f16>(i);
+    growing_keys<64, 1, mlkv::bf16>(i);  // two blocks of 32 queries per row
+    growing_keys<4, 4, mlkv::bf16>(i);   // one query per K row (32-token tiles)
+    growing_keys<6, 2, float>(i);        // 3 queries per K row
   }
 }
 

@@ -46,12 +46,16 @@ TEMPLATE_TEST_CASE("every CPU path matches the oracle with 16 and 32 query heads
   // The AVX-512 paths put the queries in the lanes for these groups (kt_heads_*): scores, running
   // max and sums one vector per 16 queries, weights stored tokens-major. Whole contexts and
   // contexts cut into chunks of 7 tokens (partial results merged), software prefetch on.
+  // (Under emulation or the sanitizers, whose paths have no such mode or run slowly: whole
+  // contexts of the 32-head geometry only.)
   for (isa i : tested_isas()) {
     for (int split : {0, 7}) {
+      if (reduced() && split != 0) continue;
       INFO("path " << mlkv::cpu::name_of(i) << " split " << split);
       const auto k = kernel({.isa = i, .split_tokens = split, .prefetch_min_bytes = 0});
       mlkv_test::run_attention_scenario<mlkv_test::heads32_d128, TestType>(k, mlkv_test::fresh_seed(),
                                                                           options_for<TestType>(i));
+      if (reduced()) continue;
       mlkv_test::run_attention_scenario<mlkv_test::heads16_d64, TestType>(k, mlkv_test::fresh_seed(),
                                                                          options_for<TestType>(i));
     }
@@ -71,12 +75,14 @@ TEST_CASE("every CPU path over a longer context (multiples of nothing)", "[cpu]"
     mlkv_test::run_attention_scenario<mlkv_test::single_owner_d80, mlkv::bf16>(kernel({.isa = i}),
                                                                                mlkv_test::fresh_seed(),
                                                                                options_for<mlkv::bf16>(i, opt));
-    // 32 query heads per KV head (queries in lanes on AVX-512): many whole tiles, causal rows
-    // that end inside a tile, and a last tile partly past the context.
+    // 32 query heads per KV head (queries in lanes, 64-token tiles: the AVX-512 paths) over several
+    // tiles, causal rows that end inside a tile, and a last tile partly past the context; a
+    // shorter first chunk (the double oracle is quadratic in it and linear in the 32 heads).
+    if (i != isa::avx512 && i != isa::avx512_bf16) continue;
+    mlkv_test::scenario_options wide = opt;
+    wide.first_chunk = {150, 1};
     mlkv_test::run_attention_scenario<mlkv_test::heads32_d128, mlkv::bf16>(kernel({.isa = i}), mlkv_test::fresh_seed(),
-                                                                           options_for<mlkv::bf16>(i, opt));
-    mlkv_test::run_attention_scenario<mlkv_test::heads32_d128, mlkv::f16>(kernel({.isa = i}), mlkv_test::fresh_seed(),
-                                                                          options_for<mlkv::f16>(i, opt));
+                                                                           options_for<mlkv::bf16>(i, wide));
   }
 }
 

@@ -77,7 +77,8 @@ inline std::size_t query_offset(const task_desc& t, const call_desc& c, int j) {
 /// queries per row) keep 32-token tiles: their software prefetch keeps DRAM busier with them.
 /// Measured on Zen 4 (2 threads, bf16 unless said): 12:1 d64 decode 8 x 32768 8% faster (f16
 /// 13%), 32:1 d128 3-5%; 12:4 d64 8 x 32768 20% slower, 32:8 d128 8 x 4096 15% slower.
-inline bool wide_tiles(const task_desc& t) { return t.rows * t.heads >= 8; }
+inline constexpr int wide_tile_queries = 8;
+inline bool wide_tiles(const task_desc& t) { return t.rows * t.heads >= wide_tile_queries; }
 
 /// The tasks a compiled kernel body serves: every task, or (paths that compile two tile widths)
 /// those of one width only, so that each body instantiates only the modes its tasks can reach.
