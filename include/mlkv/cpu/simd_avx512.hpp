@@ -231,32 +231,9 @@ struct ops {
   }
 };
 
-// The kernel body twice (see wide_tiles): 32-token tiles, and 64-token tiles with 6-query q.K^T
-// blocks (6 x 4 score accumulators + 4 K^T + 1 broadcast of 32 registers).
-namespace tiles32 {
-struct ops : avx512::ops {
-  static constexpr tile_use tiles = tile_use::narrow;
-};
-#include "detail/kernel_body.inc"
-}  // namespace tiles32
-namespace tiles64 {
-struct ops : avx512::ops {
-  static constexpr int TV = 4;
-  static constexpr int QB = 6;
-  static constexpr tile_use tiles = tile_use::wide;
-};
-#include "detail/kernel_body.inc"
-}  // namespace tiles64
-
-/// One task on this path (tile width by wide_tiles).
-template <class T, class View>
-void attend(const View& kv, const task_desc& tk, const call_desc& c) {
-  if (wide_tiles(tk)) {
-    tiles64::attend<T>(kv, tk, c);
-  } else {
-    tiles32::attend<T>(kv, tk, c);
-  }
-}
+// The kernel body for 32- and 64-token tiles, and this path's attend (detail/two_tile_widths.inc).
+using base_ops = ops;
+#include "detail/two_tile_widths.inc"
 
 }  // namespace mlkv::cpu::detail::avx512
 
@@ -354,31 +331,9 @@ struct ops : avx512::ops {
   }
 };
 
-// The kernel body twice, as on the avx512 path.
-namespace tiles32 {
-struct ops : avx512_bf16::ops {
-  static constexpr tile_use tiles = tile_use::narrow;
-};
-#include "detail/kernel_body.inc"
-}  // namespace tiles32
-namespace tiles64 {
-struct ops : avx512_bf16::ops {
-  static constexpr int TV = 4;
-  static constexpr int QB = 6;
-  static constexpr tile_use tiles = tile_use::wide;
-};
-#include "detail/kernel_body.inc"
-}  // namespace tiles64
-
-/// One task on this path (tile width by wide_tiles).
-template <class T, class View>
-void attend(const View& kv, const task_desc& tk, const call_desc& c) {
-  if (wide_tiles(tk)) {
-    tiles64::attend<T>(kv, tk, c);
-  } else {
-    tiles32::attend<T>(kv, tk, c);
-  }
-}
+// The kernel body for both tile widths, as on the avx512 path.
+using base_ops = ops;
+#include "detail/two_tile_widths.inc"
 
 }  // namespace mlkv::cpu::detail::avx512_bf16
 
