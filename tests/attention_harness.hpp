@@ -180,7 +180,12 @@ void run_attention_scenario(Attn&& attn, std::uint64_t seed, const scenario_opti
         INFO("layer " << l << " sequence " << b << " rows " << n << " context " << ctx);
         const double e_stored = rel_err_slack(got, want_stored, slack), e_exact = rel_err(got, want_exact);
         CHECK(e_stored <= tight_bound);
-        CHECK(e_exact <= storage_bound<T>);
+        // A kernel that also rounds the queries and the weights to bf16 (opt.bf16_queries: the
+        // CPU's VDPBF16PS path) moves every score by a second bf16 rounding, as large as K's, and
+        // every weight by a third: twice the storage type's bound against the exact inputs. (Seen:
+        // 1.74e-2 at D = 8, one query head, against 1.5e-2; worst of 25 runs of the awkward
+        // geometries 9.6e-3.) The tight bound above still checks that path's own arithmetic.
+        CHECK(e_exact <= (opt.bf16_queries ? 2 : 1) * storage_bound<T>);
         worst_error<T>().first = std::max(worst_error<T>().first, e_stored);
         worst_error<T>().second = std::max(worst_error<T>().second, e_exact);
       }
