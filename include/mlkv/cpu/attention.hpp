@@ -20,7 +20,11 @@
 ///    blocks near the end of a causal sequence read more tokens, so the biggest go first.
 ///  - decode over a paged cache whose per-head runs are short (16-token pages of d128 bf16 are
 ///    4 KiB per head) walks all the KV heads of a sequence in one task, tile by tile, so that it
-///    reads each page's K and V as long runs (attention_options::kv_heads_per_task).
+///    reads each page's K and V as long runs (attention_options::kv_heads_per_task);
+///  - on the AVX-512 paths a task with at least 8 queries per K/V row walks 64-token tiles, the
+///    others 32-token ones (detail::wide_tiles), and a task whose query heads are a multiple of 16
+///    puts the queries, not the tokens, in the SIMD lanes (no K transposes; kernel_body.inc's
+///    kt_mode). Neither changes the results beyond the order of one sum.
 /// Results do not depend on the thread count beyond rounding: the chunking depends on the
 /// executor's concurrency and on the number of tasks, and a different chunking sums in a
 /// different order. On one thread (no chunking) a paged and a contiguous cache holding the same
