@@ -24,7 +24,7 @@
 ///  - on the AVX-512 paths a task with at least 8 queries per K/V row walks 64-token tiles, the
 ///    others 32-token ones (detail::wide_tiles), and a task whose query heads are a multiple of 16
 ///    puts the queries, not the tokens, in the SIMD lanes (no K transposes; kernel_body.inc's
-///    kt_mode). Neither changes the results beyond the order of one sum.
+///    kt_mode). Neither changes the results beyond rounding.
 /// Results do not depend on the thread count beyond rounding: the chunking depends on the
 /// executor's concurrency and on the number of tasks, and a different chunking sums in a
 /// different order. On one thread (no chunking) a paged and a contiguous cache holding the same
