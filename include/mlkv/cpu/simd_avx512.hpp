@@ -91,10 +91,10 @@ struct ops {
   static MLKV_SIMD_INLINE __mmask16 first(int n) {
     return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
   }
-  /// True when some lane of x is greater than y.
-  static MLKV_SIMD_INLINE bool any_greater(vf x, float y) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(y), _CMP_GT_OQ) != 0; }
   /// Lanes of x greater than y, as a mask.
   static MLKV_SIMD_INLINE __mmask16 greater(vf x, vf y) { return _mm512_cmp_ps_mask(x, y, _CMP_GT_OQ); }
+  /// True when some lane of x is greater than y.
+  static MLKV_SIMD_INLINE bool any_greater(vf x, float y) { return greater(x, _mm512_set1_ps(y)) != 0; }
   /// Lanes of x equal to y.
   static MLKV_SIMD_INLINE __mmask16 equal(vf x, vf y) { return _mm512_cmp_ps_mask(x, y, _CMP_EQ_OQ); }
   /// Lanes of mask k from b, the others from a.
@@ -102,7 +102,7 @@ struct ops {
   /// The least whole numbers not below x.
   static MLKV_SIMD_INLINE vf ceil(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
   /// Lanes 0..n-1 of x, the rest from fill.
-  static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return _mm512_mask_mov_ps(fill, first(n), x); }
+  static MLKV_SIMD_INLINE vf keep_first(vf x, int n, vf fill) { return blend(first(n), fill, x); }
 
   /// 2^r for |r| <= 1/2 by its Taylor polynomial of degree 6 (error < 1.3e-7).
   static MLKV_SIMD_INLINE vf exp2_poly(vf r) {
