@@ -74,7 +74,9 @@ void same_bits_as_contiguous(std::uint64_t seed) {
   for (isa i : tested_isas()) {
     INFO("path " << mlkv::cpu::name_of(i));
     for (int split : {0, 7}) {
-      // The software prefetch walks the same runs: on for the second split setting.
+      // The software prefetch walks the same runs: on for the second split setting. Under
+      // emulation and the sanitizers only that one (it also splits the contexts).
+      if (reduced() && split == 0) continue;
       const mlkv::cpu::attention_options opt{
           .isa = i, .split_tokens = split, .prefetch_min_bytes = split == 0 ? std::size_t{16} << 20 : 0};
       // KV heads walked together by a decode task: the automatic choice (all of them over short
